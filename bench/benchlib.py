@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh (standard library only, any python3 >= 3.8).
+
+Sub-commands:
+  genimage IMAGE SIZE_MIB     make the test image and IMAGE.sums.json
+  verify IMAGE SUMS_JSON BACKING_FILE LOOPDEV
+                              check that the target holds the image
+  freeport                    print a free TCP port on 127.0.0.1
+  table RESULTS_TSV SIZE_BYTES TARGETS...
+                              print the markdown result table
+"""
+
+import hashlib
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+
+MIB = 1024 * 1024
+SECTOR = 512
+# The payload (partition contents) lives in [1 MiB, size - 1 MiB); the GPT
+# structures (protective MBR, primary header + entries, backup entries +
+# header) live only outside of it.  A deploy agent is allowed to rewrite the
+# GPT (IPA moves the backup GPT to the end of the bigger device with
+# `sgdisk -e`, which rewrites the protective MBR and the primary header), so
+# the check compares the payload byte-for-byte and the GPT by content.
+EDGE = 1 * MIB
+CHUNK = 4 * MIB
+
+
+# --------------------------------------------------------------- genimage
+def genimage(path, size_mib):
+    size_mib = int(size_mib)
+    if size_mib < 8:
+        sys.exit("SIZE_MIB must be at least 8")
+    size = size_mib * MIB
+    rng = random.Random(20240229 + size_mib)  # layout is reproducible
+    tmp = path + ".tmp"
+    zero = bytes(CHUNK)
+    zero_bytes = 0
+    with open(tmp, "wb") as f:
+        # GPT areas at both ends stay zero here; sgdisk fills them below.
+        f.write(bytes(EDGE))
+        pos = EDGE
+        end = size - EDGE
+        while pos < end:
+            # segments of 64 KiB .. 24 MiB, ~30 % of them (and so ~30 % of
+            # the bytes) zero, interleaved with random data
+            seg = rng.randrange(16, 6 * 1024 + 1) * 4096
+            seg = min(seg, end - pos)
+            is_zero = rng.random() < 0.30
+            left = seg
+            while left:
+                n = min(left, CHUNK)
+                f.write(zero[:n] if is_zero else os.urandom(n))
+                left -= n
+            if is_zero:
+                zero_bytes += seg
+            pos += seg
+        f.write(bytes(EDGE))
+    # GPT: an EFI partition and a root partition, both 1 MiB aligned, inside
+    # the payload area.  sgdisk writes the primary GPT at the start and the
+    # backup GPT at the end of the file.
+    sectors = size // SECTOR
+    first = EDGE // SECTOR
+    efi_mib = max(1, min(100, size_mib // 20))
+    efi_end = first + efi_mib * MIB // SECTOR - 1
+    root_end = (size - EDGE) // SECTOR - 1
+    subprocess.run(
+        ["sgdisk", "--clear",
+         "-n", f"1:{first}:{efi_end}", "-t", "1:ef00", "-c", "1:EFI",
+         "-n", f"2:{efi_end + 1}:{root_end}", "-t", "2:8300", "-c", "2:root",
+         tmp],
+        check=True, stdout=subprocess.DEVNULL)
+    assert os.path.getsize(tmp) == size, "sgdisk changed the image size"
+
+    # checksums in one pass
+    h256, h512, hmd5 = (hashlib.sha256(), hashlib.sha512(),
+                        hashlib.md5())  # nosec - md5 is one of the benchmarked algos
+    payload = hashlib.sha256()
+    with open(tmp, "rb") as f:
+        off = 0
+        while True:
+            buf = f.read(CHUNK)
+            if not buf:
+                break
+            for h in (h256, h512, hmd5):
+                h.update(buf)
+            lo = max(off, EDGE)
+            hi = min(off + len(buf), size - EDGE)
+            if hi > lo:
+                payload.update(memoryview(buf)[lo - off:hi - off])
+            off += len(buf)
+        f.seek(0)
+        head = f.read(34 * SECTOR)
+    sums = {
+        "size": size,
+        "sha256": h256.hexdigest(),
+        "sha512": h512.hexdigest(),
+        "md5": hmd5.hexdigest(),
+        "payload_sha256": payload.hexdigest(),
+        "payload_range": [EDGE, size - EDGE],
+        "gpt": gpt_summary(head),
+        "zero_fraction": round(zero_bytes / size, 3),
+        "sectors": sectors,
+    }
+    os.replace(tmp, path)
+    with open(path + ".sums.json", "w") as f:
+        json.dump(sums, f, indent=1)
+    print(f"image {path}: {size_mib} MiB, {sums['zero_fraction'] * 100:.1f} % "
+          f"zero, sha256 {sums['sha256']}", file=sys.stderr)
+
+
+def gpt_summary(head):
+    """Fields of the primary GPT that must survive a deploy unchanged."""
+    hdr = head[SECTOR:2 * SECTOR]
+    if hdr[:8] != b"EFI PART":
+        return None
+    n_entries = int.from_bytes(hdr[80:84], "little")
+    entry_size = int.from_bytes(hdr[84:88], "little")
+    entries = head[2 * SECTOR:2 * SECTOR + n_entries * entry_size]
+    return {
+        "disk_guid": hdr[56:72].hex(),
+        "first_usable": int.from_bytes(hdr[40:48], "little"),
+        "entries_sha256": hashlib.sha256(entries).hexdigest(),
+        "entries_crc": hdr[88:92].hex(),
+    }
+
+
+# ----------------------------------------------------------------- verify
+def _hash_range(path, lo, hi):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(lo)
+        left = hi - lo
+        while left:
+            buf = f.read(min(CHUNK, left))
+            if not buf:
+                break
+            h.update(buf)
+            left -= len(buf)
+    return h.hexdigest(), left == 0
+
+
+def check(sums, backing, loopdev):
+    """Return (ok, word) for the current content of the target."""
+    size = sums["size"]
+    whole, complete = _hash_range(backing, 0, size)
+    if complete and whole == sums["sha256"]:
+        return True, "exact"
+    lo, hi = sums["payload_range"]
+    payload, complete = _hash_range(backing, lo, hi)
+    if not complete or payload != sums["payload_sha256"]:
+        return False, "MISMATCH(payload)"
+    with open(backing, "rb") as f:
+        head = f.read(34 * SECTOR)
+    if gpt_summary(head) != sums["gpt"]:
+        return False, "MISMATCH(gpt)"
+    v = subprocess.run(["sgdisk", "-v", loopdev], capture_output=True,
+                       text=True)
+    if "No problems found" not in v.stdout:
+        return False, "MISMATCH(sgdisk -v)"
+    return True, "ok(gpt-moved)"
+
+
+def verify(image, sums_path, backing, loopdev):
+    with open(sums_path) as f:
+        sums = json.load(f)
+    ok, word = check(sums, backing, loopdev)
+    if not ok:
+        # Was the data only in the loop device's page cache?  Flush it and
+        # look again, so the report can tell "never written" from
+        # "written but not flushed when the command exited".
+        subprocess.run(["blockdev", "--flushbufs", loopdev], check=False)
+        ok2, word2 = check(sums, backing, loopdev)
+        if ok2:
+            word = "UNFLUSHED"
+        else:
+            word = word2
+        ok = False
+    print(word)
+    return 0 if ok else 1
+
+
+# ------------------------------------------------------------------- misc
+def freeport():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
+    s.close()
+
+
+# ------------------------------------------------------------------ table
+def table(tsv, size_bytes, targets):
+    """TSV columns: run target kind algo seconds rss_kib status."""
+    size_bytes = int(size_bytes)
+    rows = {}
+    order = []
+    with open(tsv) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            run, target, kind, algo, secs, rss, status = \
+                line.rstrip("\n").split("\t")
+            key = (target, kind, algo)
+            if key not in rows:
+                rows[key] = {"secs": [], "rss": [], "status": []}
+                order.append(key)
+            r = rows[key]
+            if secs != "-":
+                r["secs"].append(float(secs))
+            if rss != "-":
+                r["rss"].append(int(rss))
+            r["status"].append(status)
+
+    def med(key):
+        r = rows.get(key)
+        if not r or not r["secs"] or any(s.startswith(("FAIL", "MISMATCH",
+                                                       "UNFLUSHED"))
+                                         for s in r["status"]):
+            return None
+        return statistics.median(r["secs"])
+
+    def mbps(secs):
+        return size_bytes / 1e6 / secs if secs else None
+
+    def fmt(x, nd=0):
+        return "—" if x is None else f"{x:.{nd}f}"
+
+    labels = {
+        "curl": "limit: curl -s -o /dev/null URL",
+        "dgst": "limit: openssl dgst -{algo}",
+        "dd": "limit: dd bs=4M oflag=direct",
+        "rivet": "rivet deploy ({algo})",
+        "ipa": "IPA 13.0.0 {ipa_call}, stream_raw_images ({algo})",
+        "ipastream": "… of which IPA's own streaming time ({algo})",
+    }
+    out = []
+    out.append("| target | measured | MB/s | s (median) | peak RSS MiB "
+               "| rivet / IPA | ÷ slowest limit (which) | written |")
+    out.append("|---|---|---:|---:|---:|---:|---|---|")
+
+    def statuses(r):
+        st = sorted(set(r["status"]))
+        return ",".join(st)
+
+    def emit(key):
+        target, kind, algo = key
+        r = rows[key]
+        s = med(key)
+        rss = max(r["rss"]) / 1024 if r["rss"] else None
+        ratio_ipa = ""
+        slow = ""
+        if kind in ("rivet", "ipa", "ipastream"):
+            lims = {"curl": med(("-", "curl", "-")),
+                    f"dgst-{algo}": med(("-", "dgst", algo)),
+                    "dd": med((target, "dd", "-"))}
+            lims = {k: v for k, v in lims.items() if v is not None}
+            if lims and s:
+                name, worst = max(lims.items(), key=lambda kv: kv[1])
+                # speed ratio = slowest-limit time / our time
+                slow = f"{worst / s:.2f} ({name})"
+            if kind == "rivet":
+                ipa = med((target, "ipa", algo))
+                if ipa and s:
+                    ratio_ipa = f"{ipa / s:.2f}×"
+        written = statuses(r) if kind in ("rivet", "ipa", "dd") else ""
+        label = labels[kind].format(
+            algo=algo, ipa_call=os.environ.get("IPA_CALL", "prepare_image"))
+        out.append(f"| {target} | {label} | {fmt(mbps(s))} | {fmt(s, 3)} "
+                   f"| {fmt(rss, 1)} | {ratio_ipa} | {slow} | {written} |")
+
+    for key in order:
+        if key[0] == "-":
+            emit(key)
+    algos = ["sha256", "sha512", "md5"]
+
+    def rank(key):
+        # dd first, then rivet/IPA pairs per algorithm
+        _, kind, algo = key
+        if kind == "dd":
+            return 0
+        return 1 + algos.index(algo) * 3 + ["rivet", "ipa",
+                                            "ipastream"].index(kind)
+
+    for t in targets:
+        for key in sorted((k for k in order if k[0] == t), key=rank):
+            emit(key)
+    print("\n".join(out))
+
+
+def main(argv):
+    if len(argv) < 2:
+        sys.exit(__doc__)
+    cmd, args = argv[1], argv[2:]
+    if cmd == "genimage":
+        genimage(*args)
+    elif cmd == "verify":
+        return verify(*args)
+    elif cmd == "freeport":
+        freeport()
+    elif cmd == "table":
+        table(args[0], args[1], args[2:])
+    else:
+        sys.exit(__doc__)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,225 @@
+//! The install target: a block device (or a regular file standing in for one).
+//!
+//! A whole disk is opened with `O_EXCL`, so the kernel refuses if it or one of its partitions
+//! is mounted or held (IPA's `fuser` check cannot work where root cannot read `/proc/1/fd`).
+//! Bulk writes go through a second descriptor opened with `O_DIRECT` where the device takes it,
+//! so the page cache neither slows the copy nor holds gigabytes of dirty pages.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Bytes at the start and at the end of a disk that hold partition tables (MBR, GPT and its
+/// backup) and boot code: wiped on failure, held back until the image is verified.
+pub const TABLE_AREA: u64 = 1 << 20;
+
+/// An opened install target.
+#[derive(Debug)]
+pub struct Target {
+    path: PathBuf,
+    file: File,
+    direct: Option<File>,
+    block: bool,
+    capacity: Option<u64>,
+    sector_size: u64,
+}
+
+impl Target {
+    /// Opens `path` for writing an image. Block devices are opened exclusively; a missing or
+    /// empty regular file is created and grows with the image (no capacity limit); an existing
+    /// regular file of non-zero size counts as a disk of that size.
+    pub fn open(path: &Path, use_direct: bool) -> io::Result<Target> {
+        let meta = std::fs::metadata(path);
+        let block = meta
+            .as_ref()
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+        if block {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| annotate(e, path, "cannot open the device exclusively"))?;
+            let capacity = file.seek(SeekFrom::End(0))?;
+            let sector_size = rustix::fs::ioctl_blksszget(&file).map(u64::from).unwrap_or(512);
+            // O_EXCL is held by `file`; the direct descriptor shares the claim of this process.
+            let direct = if use_direct {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+                    .open(path)
+                    .map_err(|e| tracing::debug!("O_DIRECT refused on {}: {e}", path.display()))
+                    .ok()
+            } else {
+                None
+            };
+            Ok(Target {
+                path: path.to_owned(),
+                file,
+                direct,
+                block: true,
+                capacity: Some(capacity),
+                sector_size,
+            })
+        } else {
+            if let Ok(m) = &meta {
+                if !m.is_file() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{} is neither a block device nor a regular file", path.display()),
+                    ));
+                }
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| annotate(e, path, "cannot open the target file"))?;
+            let len = file.metadata()?.len();
+            Ok(Target {
+                path: path.to_owned(),
+                file,
+                direct: None,
+                block: false,
+                capacity: (len > 0).then_some(len),
+                sector_size: 512,
+            })
+        }
+    }
+
+    /// The path the target was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this is a block device.
+    pub fn is_block(&self) -> bool {
+        self.block
+    }
+
+    /// Size in bytes, when the target has a fixed size.
+    pub fn capacity(&self) -> Option<u64> {
+        self.capacity
+    }
+
+    /// Logical sector size (512 for files).
+    pub fn sector_size(&self) -> u64 {
+        self.sector_size
+    }
+
+    /// The descriptor for ordinary (page-cache) I/O.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The `O_DIRECT` descriptor, when there is one.
+    pub fn direct(&self) -> Option<&File> {
+        self.direct.as_ref()
+    }
+
+    /// Flushes written data to the device.
+    pub fn sync(&self) -> io::Result<()> {
+        if let Some(d) = &self.direct {
+            d.sync_data()?;
+        }
+        self.file.sync_data()
+    }
+
+    /// Zeroes the partition-table areas at both ends, so a half-written disk cannot boot.
+    pub fn wipe_tables(&self) -> io::Result<()> {
+        let zeros = vec![0u8; TABLE_AREA as usize];
+        let end = match self.capacity {
+            Some(c) => c,
+            None => self.file.metadata()?.len(),
+        };
+        let head = end.min(TABLE_AREA);
+        self.file.write_all_at(&zeros[..head as usize], 0)?;
+        if end > TABLE_AREA {
+            let start = end.saturating_sub(TABLE_AREA).max(TABLE_AREA);
+            self.file
+                .write_all_at(&zeros[..(end - start) as usize], start)?;
+        }
+        self.file.sync_data()
+    }
+
+    /// Asks the kernel to re-read the partition table (BLKRRPART), retrying while busy, then
+    /// waits for udev when it runs. Failures are logged: the image is already written.
+    pub fn rescan(&self) {
+        if !self.block {
+            return;
+        }
+        // BLKRRPART = _IO(0x12, 95)
+        const BLKRRPART: libc::c_ulong = 0x125f;
+        use std::os::fd::AsRawFd;
+        for attempt in 0..20 {
+            // SAFETY: BLKRRPART takes no argument; the descriptor is open for the whole call.
+            let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKRRPART as _, 0) };
+            if rc == 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EBUSY) && attempt < 19 {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            // EINVAL: a device without partition scanning (e.g. a loop device without -P).
+            tracing::debug!("re-reading the partition table of {}: {err}", self.path.display());
+            break;
+        }
+        udev_settle();
+    }
+}
+
+/// Runs `udevadm settle` when udev is running; quietly does nothing otherwise.
+pub fn udev_settle() {
+    if !Path::new("/run/udev/control").exists() {
+        return;
+    }
+    match std::process::Command::new("udevadm")
+        .args(["settle", "--timeout=30"])
+        .status()
+    {
+        Ok(s) if !s.success() => tracing::warn!("udevadm settle exited with {s}"),
+        Err(e) => tracing::debug!("udevadm settle: {e}"),
+        _ => {}
+    }
+}
+
+fn annotate(e: io::Error, path: &Path, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regular_files_stand_in_for_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk");
+        let t = Target::open(&p, true).unwrap();
+        assert!(!t.is_block());
+        assert_eq!(t.capacity(), None);
+        std::fs::write(&p, vec![7u8; 3 << 20]).unwrap();
+        let t = Target::open(&p, true).unwrap();
+        assert_eq!(t.capacity(), Some(3 << 20));
+        t.wipe_tables().unwrap();
+        let data = std::fs::read(&p).unwrap();
+        assert!(data[..1 << 20].iter().all(|&b| b == 0));
+        assert!(data[1 << 20..2 << 20].iter().all(|&b| b == 7));
+        assert!(data[2 << 20..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Target::open(dir.path(), false).unwrap_err();
+        assert!(e.to_string().contains("neither a block device nor a regular file"));
+    }
+}

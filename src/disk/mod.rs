@@ -1,0 +1,5 @@
+//! The install disk: opening it, writing to it, and its partition tables.
+
+pub mod device;
+pub mod table;
+pub mod writer;

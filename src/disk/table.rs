@@ -1,0 +1,129 @@
+//! Partition tables, natively (gptman), where IPA shells out to `sgdisk`/`parted`/`hexdump`.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+
+/// What [`relocate_backup_gpt`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GptFix {
+    /// No GPT on the disk (an MBR image, or none at all).
+    NoGpt,
+    /// The backup header already sits at the disk's last sector.
+    AlreadyAtEnd,
+    /// The backup header was moved to the disk's last sector (SPEC §8.3 step 5: `sgdisk -e`).
+    Moved,
+}
+
+/// Moves the backup GPT header and partition array to the end of the disk when the image was
+/// smaller than the disk, and widens the usable range, like `sgdisk -e`. A protective MBR is
+/// resized to cover the disk; a hybrid MBR is left alone.
+pub fn relocate_backup_gpt(file: &File) -> io::Result<GptFix> {
+    let mut file = file;
+    let mut gpt = match gptman::GPT::find_from(&mut file) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::debug!("no GPT found: {e}");
+            return Ok(GptFix::NoGpt);
+        }
+    };
+    let ss = gpt.sector_size;
+    let last_lba = file.seek(SeekFrom::End(0))? / ss - 1;
+    if gpt.header.backup_lba == last_lba {
+        return Ok(GptFix::AlreadyAtEnd);
+    }
+    gpt.header
+        .update_from(&mut file, ss)
+        .map_err(|e| io::Error::other(format!("cannot resize the GPT header: {e}")))?;
+    gpt.write_into(&mut file)
+        .map_err(|e| io::Error::other(format!("cannot write the GPT: {e}")))?;
+    let mut mbr = [0u8; 512];
+    file.read_exact_at(&mut mbr, 0)?;
+    let entries_used = (0..4)
+        .filter(|i| mbr[446 + 16 * i + 4] != 0)
+        .count();
+    if mbr[450] == 0xEE && entries_used == 1 {
+        let bootable = mbr[446] == 0x80;
+        if bootable {
+            gptman::GPT::write_bootable_protective_mbr_into(&mut file, ss)
+        } else {
+            gptman::GPT::write_protective_mbr_into(&mut file, ss)
+        }
+        .map_err(|e| io::Error::other(format!("cannot write the protective MBR: {e}")))?;
+    }
+    file.flush()?;
+    file.sync_data()?;
+    Ok(GptFix::Moved)
+}
+
+/// The MBR disk signature (bytes 440–443, little-endian) as IPA reports a whole-disk image's
+/// `root uuid`: `0x%08x`, as `hexdump -s 440 -n 4 -e '"0x%08x"'` prints it.
+pub fn mbr_disk_signature(file: &File) -> io::Result<String> {
+    let mut b = [0u8; 4];
+    file.read_exact_at(&mut b, 440)?;
+    Ok(format!("0x{:08x}", u32::from_le_bytes(b)))
+}
+
+/// Reads the whole first sector (for tests and diagnostics).
+pub fn read_sector0(file: &mut File) -> io::Result<[u8; 512]> {
+    let mut b = [0u8; 512];
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut b)?;
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpt_image(path: &std::path::Path, len: u64) {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        f.set_len(len).unwrap();
+        let mut gpt = gptman::GPT::new_from(&mut f, 512, [7; 16]).unwrap();
+        gpt[1] = gptman::GPTPartitionEntry {
+            partition_type_guid: [1; 16],
+            unique_partition_guid: [2; 16],
+            starting_lba: 2048,
+            ending_lba: 4095,
+            attribute_bits: 0,
+            partition_name: "root".into(),
+        };
+        gpt.write_into(&mut f).unwrap();
+        gptman::GPT::write_protective_mbr_into(&mut f, 512).unwrap();
+    }
+
+    #[test]
+    fn moves_the_backup_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d");
+        gpt_image(&p, 4 << 20);
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        assert_eq!(relocate_backup_gpt(&f).unwrap(), GptFix::AlreadyAtEnd);
+        f.set_len(16 << 20).unwrap();
+        assert_eq!(relocate_backup_gpt(&f).unwrap(), GptFix::Moved);
+        let gpt = gptman::GPT::find_from(&mut f).unwrap();
+        assert_eq!(gpt.header.backup_lba, (16 << 20) / 512 - 1);
+        assert_eq!(gpt[1].starting_lba, 2048);
+        let s0 = read_sector0(&mut f).unwrap();
+        assert_eq!(u32::from_le_bytes(s0[458..462].try_into().unwrap()), (16 << 20) / 512 - 1);
+        assert_eq!(relocate_backup_gpt(&f).unwrap(), GptFix::AlreadyAtEnd);
+    }
+
+    #[test]
+    fn no_gpt_and_disk_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d");
+        let mut data = vec![0u8; 1 << 20];
+        data[440..444].copy_from_slice(&0x1a2b3c4du32.to_le_bytes());
+        std::fs::write(&p, &data).unwrap();
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        assert_eq!(relocate_backup_gpt(&f).unwrap(), GptFix::NoGpt);
+        assert_eq!(mbr_disk_signature(&f).unwrap(), "0x1a2b3c4d");
+    }
+}

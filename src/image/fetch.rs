@@ -1,0 +1,720 @@
+//! `ImageDownload`: fetching an image over HTTP(S) (or `file://`), as IPA does and better
+//! (SPEC §7.4–§7.6).
+//!
+//! - `urls` are tried in order; each gets `retries + 1` attempts in ONE loop (IPA nests two).
+//! - 4xx answers are fatal at once (`ImageDownloadFatalError`); 5xx and transport errors retry.
+//! - `max_duration` is terminal (`ImageDownloadTimeoutError`), measured from the first request.
+//! - A body cut short is resumed with `Range` + `If-Range` when the server advertised
+//!   `Accept-Ranges: bytes` and a validator (ETag or Last-Modified); the consumer then simply
+//!   receives the rest. Otherwise the download restarts from byte 0 and the consumer is told to
+//!   [`Sink::reset`] first.
+//! - A body shorter than `Content-Length` is never a success.
+//!
+//! The bytes are handed to a [`Sink`] as the `Bytes` the HTTP stack produced: no copy here.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::StatusCode;
+
+use super::info::ImageInfo;
+use crate::errors::{AgentError, Result};
+
+/// Download settings that come from the agent's configuration (SPEC §12).
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// `image_download_connection_retries`: extra attempts per URL.
+    pub retries: u32,
+    /// `image_download_connection_retry_interval`.
+    pub retry_interval: Duration,
+    /// `image_download_connection_timeout`: connect timeout and longest stall between chunks.
+    pub connection_timeout: Duration,
+    /// `image_download_max_duration`; `None` = unlimited.
+    pub max_duration: Option<Duration>,
+    /// `insecure`: do not verify the server's certificate.
+    pub insecure: bool,
+    /// `cafile`: PEM bundle of trusted CAs (added to the platform's).
+    pub cafile: Option<PathBuf>,
+    /// `certfile`: client certificate (PEM), used with `keyfile`.
+    pub certfile: Option<PathBuf>,
+    /// `keyfile`: client key (PEM), used with `certfile`.
+    pub keyfile: Option<PathBuf>,
+    /// `tls_min_version`: `"1.2"` (default) or `"1.3"`.
+    pub tls_min_version: String,
+    /// Config-level `image_server_auth_strategy` (`noauth` or `http_basic`).
+    pub auth_strategy: String,
+    /// Config-level `image_server_user`.
+    pub auth_user: Option<String>,
+    /// Config-level `image_server_password`.
+    pub auth_password: Option<String>,
+    /// `md5_enabled`: whether a 32-character checksum may be md5.
+    pub md5_enabled: bool,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            retries: 9,
+            retry_interval: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(60),
+            max_duration: None,
+            insecure: false,
+            cafile: None,
+            certfile: None,
+            keyfile: None,
+            tls_min_version: "1.2".into(),
+            auth_strategy: "noauth".into(),
+            auth_user: None,
+            auth_password: None,
+            md5_enabled: false,
+        }
+    }
+}
+
+/// Counters that can be read at any moment, from any thread, while an image moves.
+#[derive(Debug, Default)]
+pub struct Progress {
+    transferred: AtomicU64,
+    content_length: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Progress {
+    /// Bytes of the image received so far (a resumed download keeps counting; a restart from
+    /// byte 0 starts again).
+    pub fn bytes_transferred(&self) -> u64 {
+        self.transferred.load(Ordering::Relaxed)
+    }
+
+    /// The server-indicated length of the image, when it sent one.
+    pub fn content_length(&self) -> Option<u64> {
+        match self.content_length.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Bytes written to the target so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Records bytes written to the target (the writer calls this).
+    pub fn add_written(&self, n: u64) {
+        self.written.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn set_transferred(&self, n: u64) {
+        self.transferred.store(n, Ordering::Relaxed);
+    }
+
+    fn set_content_length(&self, n: Option<u64>) {
+        self.content_length.store(n.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn reset_written(&self) {
+        self.written.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Where downloaded bytes go.
+pub trait Sink {
+    /// Called once per response with the full image length, when known, before any data.
+    /// Refusing here (disk too small) fails the download before a byte is written.
+    fn expect_len(&mut self, len: u64) -> Result<()>;
+    /// The next bytes of the image, in order.
+    fn data(&mut self, bytes: Bytes) -> Result<()>;
+    /// The download restarts from byte 0: forget everything received so far.
+    fn reset(&mut self) -> Result<()>;
+}
+
+/// Downloads one image (and its checksum files) with the settings of one `image_info`.
+pub struct ImageDownload {
+    info: ImageInfo,
+    cfg: FetchConfig,
+    client: reqwest::Client,
+    auth: Option<HeaderValue>,
+    progress: Arc<Progress>,
+    rt: tokio::runtime::Runtime,
+    started: Instant,
+}
+
+/// How one attempt ended when it did not succeed.
+enum Failure {
+    /// Try again (same URL while attempts last).
+    Retry(String),
+    /// Stop everything.
+    Stop(AgentError),
+}
+
+/// State of one URL across attempts, for resuming.
+#[derive(Default)]
+struct Cursor {
+    /// Bytes of the image handed to the sink.
+    offset: u64,
+    /// Total length of the image, when known.
+    total: Option<u64>,
+    /// `ETag` or `Last-Modified` of the first response, when the server allows ranges.
+    validator: Option<HeaderValue>,
+}
+
+impl ImageDownload {
+    /// Prepares a download: builds the HTTP client (TLS, proxies) and the auth header.
+    pub fn new(info: &ImageInfo, cfg: &FetchConfig, progress: Arc<Progress>) -> Result<Self> {
+        let id = info.id.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| AgentError::download(&id, format!("Cannot start the I/O runtime: {e}")))?;
+        let client = build_client(cfg, &info.proxies, info.no_proxy.as_deref())
+            .map_err(|e| AgentError::download(&id, e))?;
+        let auth = auth_header(info, cfg)?;
+        Ok(ImageDownload {
+            info: info.clone(),
+            cfg: cfg.clone(),
+            client,
+            auth,
+            progress,
+            rt,
+            started: Instant::now(),
+        })
+    }
+
+    /// The shared progress counters.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    /// Fetches a small text resource (a checksum file) with the image's auth, proxies and
+    /// retries. Errors name the resource's URL, as IPA does.
+    pub fn fetch_text(&self, url: &str) -> Result<String> {
+        self.rt.block_on(async {
+            let mut attempt = 0;
+            loop {
+                let res = self.text_once(url).await;
+                match res {
+                    Ok(t) => return Ok(t),
+                    Err(Failure::Stop(e)) => return Err(e),
+                    Err(Failure::Retry(msg)) if attempt >= self.cfg.retries => {
+                        return Err(AgentError::download(url, msg))
+                    }
+                    Err(Failure::Retry(msg)) => {
+                        tracing::warn!(url, "fetching checksum file failed, retrying: {msg}");
+                        attempt += 1;
+                        tokio::time::sleep(self.cfg.retry_interval).await;
+                    }
+                }
+            }
+        })
+    }
+
+    async fn text_once(&self, url: &str) -> std::result::Result<String, Failure> {
+        if let Some(path) = file_path(url) {
+            return std::fs::read_to_string(&path)
+                .map_err(|e| Failure::Stop(AgentError::download(url, format!("{path}: {e}"))));
+        }
+        let resp = self.send(url, None).await?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            return Err(status_failure(url, url, resp).await);
+        }
+        resp.text()
+            .await
+            .map_err(|e| Failure::Retry(format!("Error reading {url}: {e}")))
+    }
+
+    /// Downloads the image into `sink`, trying each URL in turn. Returns the URL that worked.
+    pub fn run(&mut self, sink: &mut dyn Sink) -> Result<String> {
+        self.started = Instant::now();
+        let urls = self.info.urls.clone();
+        let mut records = Vec::new();
+        let mut dirty = false;
+        for url in &urls {
+            let url_start = Instant::now();
+            let mut cursor = Cursor::default();
+            if dirty {
+                sink.reset()?;
+                self.progress.set_transferred(0);
+                self.progress.reset_written();
+            }
+            let mut attempt = 0u32;
+            let outcome = loop {
+                let res = self.rt.block_on(self.attempt(url, &mut cursor, sink));
+                dirty |= cursor.offset > 0;
+                match res {
+                    Ok(()) => break Ok(()),
+                    Err(Failure::Stop(e)) => return Err(e),
+                    Err(Failure::Retry(msg)) => {
+                        if attempt >= self.cfg.retries {
+                            break Err(msg);
+                        }
+                        attempt += 1;
+                        tracing::warn!(
+                            url = %url, attempt, of = self.cfg.retries + 1,
+                            "download attempt failed, retrying in {:?}: {msg}", self.cfg.retry_interval
+                        );
+                        self.rt.block_on(self.pause(self.cfg.retry_interval))?;
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(
+                        url = %url,
+                        bytes = self.progress.bytes_transferred(),
+                        reported = ?self.progress.content_length(),
+                        "image downloaded"
+                    );
+                    return Ok(url.clone());
+                }
+                Err(msg) => records.push(format!(
+                    "URL: {url}; time: {:.2} seconds. Error: {msg}",
+                    url_start.elapsed().as_secs_f64()
+                )),
+            }
+        }
+        Err(AgentError::download(&self.info.id, records.join("\n ")))
+    }
+
+    /// Sleeps, but never past the max duration.
+    async fn pause(&self, d: Duration) -> Result<()> {
+        if let Some(left) = self.time_left() {
+            if left <= d {
+                tokio::time::sleep(left).await;
+                return Err(self.timeout_error());
+            }
+        }
+        tokio::time::sleep(d).await;
+        Ok(())
+    }
+
+    fn time_left(&self) -> Option<Duration> {
+        self.cfg
+            .max_duration
+            .map(|m| m.saturating_sub(self.started.elapsed()))
+    }
+
+    fn timeout_error(&self) -> AgentError {
+        AgentError::ImageDownloadTimeout {
+            image_id: self.info.id.clone(),
+            secs: self.cfg.max_duration.map(|d| d.as_secs()).unwrap_or(0),
+        }
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        range: Option<(u64, &HeaderValue)>,
+    ) -> std::result::Result<reqwest::Response, Failure> {
+        let mut req = self.client.get(url);
+        if let Some(auth) = &self.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        if let Some((from, validator)) = range {
+            req = req
+                .header(header::RANGE, format!("bytes={from}-"))
+                .header(header::IF_RANGE, validator.clone());
+        }
+        // The connect timeout is on the client; this bounds the wait for the response head.
+        match tokio::time::timeout(self.cfg.connection_timeout, req.send()).await {
+            Err(_) => Err(Failure::Retry(format!(
+                "Timed out waiting for a response from {url}"
+            ))),
+            Ok(Err(e)) => Err(Failure::Retry(format!(
+                "Error connecting to {url}: {}",
+                error_chain(&e)
+            ))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        url: &str,
+        cur: &mut Cursor,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<(), Failure> {
+        if self.time_left() == Some(Duration::ZERO) {
+            return Err(Failure::Stop(self.timeout_error()));
+        }
+        if let Some(path) = file_path(url) {
+            return self.read_file(url, &path, cur, sink).await;
+        }
+        let resuming = cur.offset > 0 && cur.validator.is_some();
+        let range = match (&cur.validator, resuming) {
+            (Some(v), true) => Some((cur.offset, v)),
+            _ => None,
+        };
+        let resp = self.send(url, range).await?;
+        let status = resp.status();
+        let id = self.info.id.as_str();
+        if resuming && status == StatusCode::PARTIAL_CONTENT {
+            let start = content_range_start(resp.headers());
+            if start != Some(cur.offset) {
+                return Err(Failure::Retry(format!(
+                    "Server answered a range request for byte {} from byte {:?}",
+                    cur.offset, start
+                )));
+            }
+            tracing::info!(url, offset = cur.offset, "resuming the download");
+        } else if status == StatusCode::OK {
+            if cur.offset > 0 {
+                tracing::warn!(url, "the download cannot resume; restarting from byte 0");
+                sink.reset().map_err(Failure::Stop)?;
+                self.progress.reset_written();
+            }
+            cur.offset = 0;
+            self.progress.set_transferred(0);
+            cur.total = resp.content_length();
+            cur.validator = resume_validator(resp.headers());
+            self.progress.set_content_length(cur.total);
+            if let Some(len) = cur.total {
+                sink.expect_len(len).map_err(Failure::Stop)?;
+            }
+        } else {
+            return Err(status_failure(id, url, resp).await);
+        }
+
+        let mut body = resp.bytes_stream();
+        loop {
+            let stall = self.cfg.connection_timeout;
+            let wait = match self.time_left() {
+                Some(left) if left < stall => left,
+                _ => stall,
+            };
+            let next = match tokio::time::timeout(wait, body.next()).await {
+                Ok(n) => n,
+                Err(_) if self.time_left() == Some(Duration::ZERO) => {
+                    return Err(Failure::Stop(self.timeout_error()))
+                }
+                Err(_) => {
+                    return Err(Failure::Retry(
+                        "Timed out reading next chunk from webserver".into(),
+                    ))
+                }
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    let n = chunk.len() as u64;
+                    if cur.total.is_some_and(|t| cur.offset + n > t) {
+                        return Err(Failure::Retry(format!(
+                            "Received more than the {} bytes announced",
+                            cur.total.unwrap_or(0)
+                        )));
+                    }
+                    sink.data(chunk).map_err(Failure::Stop)?;
+                    cur.offset += n;
+                    self.progress.set_transferred(cur.offset);
+                    if self.time_left() == Some(Duration::ZERO) {
+                        return Err(Failure::Stop(self.timeout_error()));
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(Failure::Retry(format!(
+                        "Error reading the image from {url} after {} bytes: {}",
+                        cur.offset,
+                        error_chain(&e)
+                    )))
+                }
+                None => break,
+            }
+        }
+        match cur.total {
+            Some(total) if cur.offset < total => Err(Failure::Retry(format!(
+                "The server closed the connection after {} of {total} bytes",
+                cur.offset
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `file://` URLs: for people with the image at hand (and the demo). Read in 1 MiB chunks.
+    async fn read_file(
+        &self,
+        url: &str,
+        path: &str,
+        cur: &mut Cursor,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<(), Failure> {
+        use std::io::Read;
+        let stop = |e: std::io::Error| {
+            Failure::Stop(AgentError::download_fatal(
+                &self.info.id,
+                format!("Cannot read {url}: {e}"),
+            ))
+        };
+        let mut f = std::fs::File::open(path).map_err(stop)?;
+        let len = f.metadata().map_err(stop)?.len();
+        if cur.offset > 0 {
+            sink.reset().map_err(Failure::Stop)?;
+        }
+        cur.offset = 0;
+        cur.total = Some(len);
+        self.progress.set_content_length(Some(len));
+        sink.expect_len(len).map_err(Failure::Stop)?;
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = f.read(&mut buf).map_err(stop)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            sink.data(Bytes::from(buf)).map_err(Failure::Stop)?;
+            cur.offset += n as u64;
+            self.progress.set_transferred(cur.offset);
+            if self.time_left() == Some(Duration::ZERO) {
+                return Err(Failure::Stop(self.timeout_error()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The local path of a `file://` URL.
+fn file_path(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    (u.scheme() == "file")
+        .then(|| u.to_file_path().ok())
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The text IPA builds for a non-200 answer, and whether it is fatal (4xx) or retryable.
+async fn status_failure(id: &str, url: &str, resp: reqwest::Response) -> Failure {
+    let status = resp.status();
+    let headers = format!("{:?}", resp.headers());
+    let body = resp.text().await.unwrap_or_default();
+    let body: String = body.chars().take(1024).collect();
+    let msg = format!(
+        "Received status code {} from {url}, expected 200. Response body: {body} Response headers: {headers}",
+        status.as_u16()
+    );
+    if status.is_client_error() {
+        Failure::Stop(AgentError::download_fatal(id, msg))
+    } else {
+        Failure::Retry(msg)
+    }
+}
+
+/// A validator for `If-Range`, when the server allows byte ranges at all.
+fn resume_validator(h: &HeaderMap) -> Option<HeaderValue> {
+    let ranges = h
+        .get(header::ACCEPT_RANGES)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("bytes"));
+    if !ranges {
+        return None;
+    }
+    // A weak ETag may not be used with If-Range (RFC 9110 §13.1.5); fall back to the date.
+    h.get(header::ETAG)
+        .filter(|v| !v.as_bytes().starts_with(b"W/"))
+        .or_else(|| h.get(header::LAST_MODIFIED))
+        .cloned()
+}
+
+/// The first byte of a `Content-Range: bytes A-B/N` answer.
+fn content_range_start(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let rest = v.trim().strip_prefix("bytes ")?;
+    rest.split('-').next()?.trim().parse().ok()
+}
+
+/// The error and its causes on one line (reqwest hides the useful part in `source()`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// IPA's order: the conductor's Authorization header, then basic auth from `image_info`, then
+/// basic auth from the agent's configuration.
+fn auth_header(info: &ImageInfo, cfg: &FetchConfig) -> Result<Option<HeaderValue>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if let Some(enc) = info
+        .image_request_authorization
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        let raw = b64.decode(enc.trim()).map_err(|e| {
+            AgentError::download(
+                &info.id,
+                format!("image_request_authorization is not base64: {e}"),
+            )
+        })?;
+        let v = HeaderValue::from_bytes(&raw).map_err(|e| {
+            AgentError::download(&info.id, format!("Invalid Authorization header: {e}"))
+        })?;
+        return Ok(Some(v));
+    }
+    let (user, password) = if info.image_server_auth_strategy.as_deref() == Some("http_basic") {
+        (&info.image_server_user, &info.image_server_password)
+    } else if cfg.auth_strategy == "http_basic" {
+        (&cfg.auth_user, &cfg.auth_password)
+    } else {
+        return Ok(None);
+    };
+    let missing: Vec<&str> = [("user", user), ("password", password)]
+        .into_iter()
+        .filter(|(_, v)| v.as_deref().unwrap_or("").is_empty())
+        .map(|(k, _)| k)
+        .collect();
+    if !missing.is_empty() {
+        let list = missing
+            .iter()
+            .map(|k| format!("'{k}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(AgentError::download(
+            &info.id,
+            format!("Missing [{list}] fields from HTTP(S) basic auth config"),
+        ));
+    }
+    let token = b64.encode(format!(
+        "{}:{}",
+        user.as_deref().unwrap_or(""),
+        password.as_deref().unwrap_or("")
+    ));
+    HeaderValue::from_str(&format!("Basic {token}"))
+        .map(Some)
+        .map_err(|e| AgentError::download(&info.id, format!("Invalid credentials: {e}")))
+}
+
+/// Builds the HTTP client for one image: TLS settings and per-request proxies.
+///
+/// Proxies live in the client, not in the process environment (IPA writes `no_proxy` into the
+/// environment for good); environment proxies still apply when `image_info` gives none.
+pub fn build_client(
+    cfg: &FetchConfig,
+    proxies: &std::collections::BTreeMap<String, String>,
+    no_proxy: Option<&str>,
+) -> std::result::Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(cfg.connection_timeout)
+        .tcp_nodelay(true)
+        .tls_version_min(if cfg.tls_min_version == "1.3" {
+            reqwest::tls::Version::TLS_1_3
+        } else {
+            reqwest::tls::Version::TLS_1_2
+        })
+        .user_agent(concat!("rivet/", env!("CARGO_PKG_VERSION")));
+    if cfg.insecure {
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
+    if let Some(ca) = &cfg.cafile {
+        let pem = std::fs::read(ca).map_err(|e| format!("Cannot read cafile {}: {e}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("Invalid cafile {}: {e}", ca.display()))?
+        {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    match (&cfg.certfile, &cfg.keyfile) {
+        (Some(c), Some(k)) => {
+            let mut pem =
+                std::fs::read(c).map_err(|e| format!("Cannot read certfile {}: {e}", c.display()))?;
+            pem.extend(
+                std::fs::read(k).map_err(|e| format!("Cannot read keyfile {}: {e}", k.display()))?,
+            );
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| format!("Invalid client certificate or key: {e}"))?;
+            b = b.identity(id);
+        }
+        (None, None) => {}
+        _ => return Err("certfile and keyfile must be given together".into()),
+    }
+    let no_proxy = no_proxy.and_then(reqwest::NoProxy::from_string);
+    for (scheme, target) in proxies {
+        let p = match scheme.as_str() {
+            "http" => reqwest::Proxy::http(target),
+            "https" => reqwest::Proxy::https(target),
+            "all" => reqwest::Proxy::all(target),
+            _ => continue,
+        }
+        .map_err(|e| format!("Invalid proxy {target}: {e}"))?;
+        b = b.proxy(p.no_proxy(no_proxy.clone()));
+    }
+    b.build().map_err(|e| format!("Cannot build the HTTP client: {}", error_chain(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ImageInfo {
+        ImageInfo {
+            id: "fake_id".into(),
+            urls: vec!["http://example.org".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn conductor_header_wins() {
+        let mut i = info();
+        i.image_request_authorization = Some("QmVhcmVyIGYwMA==".into()); // "Bearer f00"
+        i.image_server_auth_strategy = Some("http_basic".into());
+        let h = auth_header(&i, &FetchConfig::default()).unwrap().unwrap();
+        assert_eq!(h, "Bearer f00");
+    }
+
+    #[test]
+    fn basic_auth_from_info_then_config() {
+        let mut i = info();
+        i.image_server_auth_strategy = Some("http_basic".into());
+        i.image_server_user = Some("u".into());
+        i.image_server_password = Some("p".into());
+        let h = auth_header(&i, &FetchConfig::default()).unwrap().unwrap();
+        assert_eq!(h, "Basic dTpw");
+        let cfg = FetchConfig {
+            auth_strategy: "http_basic".into(),
+            auth_user: Some("u".into()),
+            auth_password: Some("p".into()),
+            ..Default::default()
+        };
+        assert_eq!(auth_header(&info(), &cfg).unwrap().unwrap(), "Basic dTpw");
+        assert_eq!(auth_header(&info(), &FetchConfig::default()).unwrap(), None);
+    }
+
+    #[test]
+    fn missing_basic_auth_fields() {
+        let mut i = info();
+        i.image_server_auth_strategy = Some("http_basic".into());
+        i.image_server_password = Some("p".into());
+        let e = auth_header(&i, &FetchConfig::default()).unwrap_err();
+        assert_eq!(e.type_name(), "ImageDownloadError");
+        assert_eq!(
+            e.details(),
+            "Download of image fake_id failed: Missing ['user'] fields from HTTP(S) basic auth config"
+        );
+        i.image_server_password = Some(String::new());
+        let e = auth_header(&i, &FetchConfig::default()).unwrap_err();
+        assert!(e.details().contains("Missing ['user', 'password'] fields"));
+    }
+
+    #[test]
+    fn range_helpers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ETAG, HeaderValue::from_static("\"abc\""));
+        assert_eq!(resume_validator(&h), None);
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        assert_eq!(resume_validator(&h).unwrap(), "\"abc\"");
+        h.insert(header::ETAG, HeaderValue::from_static("W/\"abc\""));
+        assert_eq!(resume_validator(&h), None);
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 100-199/200"));
+        assert_eq!(content_range_start(&h), Some(100));
+    }
+}

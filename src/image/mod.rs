@@ -1,0 +1,5 @@
+//! Images: Ironic's description of one, fetching it, and checking it.
+
+pub mod checksum;
+pub mod fetch;
+pub mod info;

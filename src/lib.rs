@@ -1,0 +1,14 @@
+//! rivet: a bare-metal deploy agent that does the job of ironic-python-agent's standby
+//! extension, wire-compatible with the Ironic conductor.
+//!
+//! The crate reads like the system:
+//! - [`image`]: what an image is (`image_info`), how it is fetched, how it is checked;
+//! - [`disk`]: the install target, the writer stage, partition tables;
+//! - [`deploy`]: the data path that joins them;
+//! - [`errors`]: IPA's error types, as the conductor sees them.
+
+pub mod demo;
+pub mod deploy;
+pub mod disk;
+pub mod errors;
+pub mod image;
