@@ -3,6 +3,7 @@
 
 Sub-commands:
   genimage IMAGE SIZE_MIB     make the test image and IMAGE.sums.json
+  image-ok IMAGE SIZE_MIB     exit 0 if that image can be reused
   verify IMAGE SUMS_JSON BACKING_FILE LOOPDEV
                               check that the target holds the image
   freeport                    print a free TCP port on 127.0.0.1
@@ -29,6 +30,7 @@ SECTOR = 512
 # the check compares the payload byte-for-byte and the GPT by content.
 EDGE = 1 * MIB
 CHUNK = 4 * MIB
+GEN_VERSION = 2  # bump when the image layout changes: old images are remade
 
 
 # --------------------------------------------------------------- genimage
@@ -46,12 +48,20 @@ def genimage(path, size_mib):
         f.write(bytes(EDGE))
         pos = EDGE
         end = size - EDGE
+        # Segments of 64 KiB .. 24 MiB (at most 1/16 of the payload, so that
+        # small images are mixed too), zero or random data; zero is picked
+        # with p = 0.3, nudged so that ~30 % of the payload ends up zero.
+        max_units = max(16, min(6 * 1024, (end - pos) // 16 // 4096))
         while pos < end:
-            # segments of 64 KiB .. 24 MiB, ~30 % of them (and so ~30 % of
-            # the bytes) zero, interleaved with random data
-            seg = rng.randrange(16, 6 * 1024 + 1) * 4096
+            seg = rng.randrange(16, max_units + 1) * 4096
             seg = min(seg, end - pos)
-            is_zero = rng.random() < 0.30
+            done = pos - EDGE + seg
+            if zero_bytes / done < 0.25:
+                is_zero = True
+            elif (zero_bytes + seg) / done > 0.35:
+                is_zero = False
+            else:
+                is_zero = rng.random() < 0.30
             left = seg
             while left:
                 n = min(left, CHUNK)
@@ -106,6 +116,7 @@ def genimage(path, size_mib):
         "gpt": gpt_summary(head),
         "zero_fraction": round(zero_bytes / size, 3),
         "sectors": sectors,
+        "generator": GEN_VERSION,
     }
     os.replace(tmp, path)
     with open(path + ".sums.json", "w") as f:
@@ -128,6 +139,21 @@ def gpt_summary(head):
         "entries_sha256": hashlib.sha256(entries).hexdigest(),
         "entries_crc": hdr[88:92].hex(),
     }
+
+
+def image_ok(path, size_mib):
+    """Exit 0 if IMAGE and its sums can be reused for SIZE_MIB."""
+    try:
+        with open(path + ".sums.json") as f:
+            sums = json.load(f)
+        st = os.stat(path)
+        fresh = os.stat(path + ".sums.json").st_mtime >= st.st_mtime
+        ok = (fresh and st.st_size == int(size_mib) * MIB
+              and sums.get("size") == st.st_size
+              and sums.get("generator") == GEN_VERSION)
+    except (OSError, ValueError):
+        ok = False
+    return 0 if ok else 1
 
 
 # ----------------------------------------------------------------- verify
@@ -269,7 +295,9 @@ def table(tsv, size_bytes, targets):
                     ratio_ipa = f"{ipa / s:.2f}×"
         written = statuses(r) if kind in ("rivet", "ipa", "dd") else ""
         label = labels[kind].format(
-            algo=algo, ipa_call=os.environ.get("IPA_CALL", "prepare_image"))
+            algo=algo,
+            ipa_call={"stream": "_stream_raw_image_onto_device"}.get(
+                os.environ.get("IPA_CALL"), "prepare_image"))
         out.append(f"| {target} | {label} | {fmt(mbps(s))} | {fmt(s, 3)} "
                    f"| {fmt(rss, 1)} | {ratio_ipa} | {slow} | {written} |")
 
@@ -298,6 +326,8 @@ def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "genimage":
         genimage(*args)
+    elif cmd == "image-ok":
+        return image_ok(*args)
     elif cmd == "verify":
         return verify(*args)
     elif cmd == "freeport":

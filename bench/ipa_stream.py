@@ -64,6 +64,8 @@ def main():
     CONF([], project="ironic-python-agent", default_config_files=[],
          default_config_dirs=[])
     CONF.set_override("debug", args.debug)
+    # IPA's log to stderr, so that stdout only carries the JSON result line
+    CONF.set_override("use_stderr", True)
     log.setup(CONF, "ironic-python-agent")
     # Ironic turns md5 on per deployment when the image checksum is md5.
     CONF.set_override("md5_enabled", args.os_hash_algo == "md5")

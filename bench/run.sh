@@ -152,8 +152,7 @@ if [[ $SKIP_IPA != 1 ]]; then
 fi
 
 # ---------------------------------------------------------------- image
-if [[ ! -f $IMAGE || ! -f $SUMS ]] || [[ $(stat -c %s "$IMAGE") != "$SIZE_BYTES" ]] \
-        || [[ $SUMS -ot $IMAGE ]]; then
+if ! "$PYTHON" "$SCRIPT_DIR/benchlib.py" image-ok "$IMAGE" "$SIZE_MIB"; then
     log "generating $SIZE_MIB MiB GPT image $IMAGE"
     rm -f "$IMAGE" "$SUMS"
     "$PYTHON" "$SCRIPT_DIR/benchlib.py" genimage "$IMAGE" "$SIZE_MIB"
@@ -271,7 +270,7 @@ record() {  # record RUN TARGET KIND ALGO SECS RSS STATUS
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"
     local mbps=-
     [[ $5 != - ]] && mbps=$(awk -v s="$5" -v b="$SIZE_BYTES" 'BEGIN { printf "%.0f", b / 1e6 / s }')
-    log "$(printf 'run %s/%s %-5s %-6s %-7s %8s s %6s MB/s %8s KiB  %s' \
+    log "$(printf 'run %s/%s %-5s %-9s %-7s %8s s %6s MB/s %8s KiB  %s' \
         "$1" "$RUNS" "$2" "$3" "$4" "$5" "$mbps" "$6" "$7")"
 }
 
@@ -310,9 +309,9 @@ write_and_check() {  # write_and_check RUN TARGET KIND ALGO -- COMMAND...
         # write, close, checksum check) before the GPT fix-up and the
         # partition checks; keep it as an informative extra row.
         local st
-        st=$(sed -n 's/.*Image streamed onto device .* in \([0-9.]*\) seconds.*/\1/p' "$M_LOG.err" | tail -n 1)
+        st=$(sed -n 's/.*Image streamed onto device .* in \([0-9.]*\) seconds.*/\1/p' "$M_LOG.err" "$M_LOG.out" | tail -n 1)
         if [[ -n $st ]]; then
-            record "$run" "$t" ipastream "$algo" "$st" - "$status"
+            record "$run" "$t" ipastream "$algo" "$(printf '%.4f' "$st")" - "$status"
         fi
     fi
 }
@@ -376,6 +375,11 @@ REPORT="$TMP/report.md"
     echo "- IPA: $ipa_desc"
     echo "- $(openssl version), $(curl --version | head -n 1 | cut -d' ' -f1-2)"
     echo
+    if [[ $FAILED != 0 ]]; then
+        echo "**WARNING: some commands failed or did not leave the image on the target;"
+        echo "see the \"written\" column (their speeds are left out).**"
+        echo
+    fi
     "$PYTHON" "$SCRIPT_DIR/benchlib.py" table "$RESULTS" "$SIZE_BYTES" "${TARGETS[@]}"
     echo
     echo "Notes: times are wall-clock of the whole command, except IPA, whose time is"

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 /// are zero, as real images have. The same `seed` gives the same bytes.
 pub fn sample_image(path: &Path, size: u64, seed: u64) -> std::io::Result<()> {
     const MIB: u64 = 1 << 20;
-    if size < 4 * MIB || size % MIB != 0 {
+    if size < 4 * MIB || !size.is_multiple_of(MIB) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "sample images are whole MiB, at least 4 MiB",
@@ -167,7 +167,11 @@ fn serve(stream: TcpStream, root: &Path) -> std::io::Result<()> {
                 }
             }
         }
-        let name = target.trim_start_matches('/').split('?').next().unwrap_or("");
+        let name = target
+            .trim_start_matches('/')
+            .split('?')
+            .next()
+            .unwrap_or("");
         let path: PathBuf = root.join(name);
         let file = if name.is_empty() || name.contains("..") {
             None
@@ -181,7 +185,10 @@ fn serve(stream: TcpStream, root: &Path) -> std::io::Result<()> {
         let len = file.metadata()?.len();
         let from = range.filter(|&r| r < len).unwrap_or(0);
         let status = if from > 0 {
-            format!("206 Partial Content\r\nContent-Range: bytes {from}-{}/{len}", len - 1)
+            format!(
+                "206 Partial Content\r\nContent-Range: bytes {from}-{}/{len}",
+                len - 1
+            )
         } else {
             "200 OK".to_string()
         };

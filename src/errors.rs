@@ -174,7 +174,9 @@ impl AgentError {
     pub fn details(&self) -> String {
         let full = self.to_string();
         let prefix = format!("{}: ", self.message());
-        full.strip_prefix(&prefix).map(str::to_owned).unwrap_or(full)
+        full.strip_prefix(&prefix)
+            .map(str::to_owned)
+            .unwrap_or(full)
     }
 
     /// Whether a download attempt that failed with this error may be tried again.

@@ -28,6 +28,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, at start-up
 enum Command {
     /// Download an image, verify its checksum while it streams, and write it to a device.
     ///
@@ -43,7 +44,11 @@ enum Command {
 #[derive(Args)]
 struct DeployArgs {
     /// Image URL (http, https or file); repeat to give mirrors, tried in order.
-    #[arg(long = "url", value_name = "URL", required_unless_present = "image_info")]
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        required_unless_present = "image_info"
+    )]
     urls: Vec<String>,
     /// IPA's `image_info` dict as JSON, exactly as Ironic sends it (replaces the image flags).
     #[arg(long, value_name = "FILE.json", conflicts_with_all = ["urls", "checksum", "os_hash_algo", "os_hash_value", "image_id"])]
@@ -127,6 +132,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let res = match cli.command {
         Command::Deploy(a) => deploy(a),
@@ -189,10 +195,13 @@ fn deploy(a: DeployArgs) -> anyhow::Result<()> {
 
 fn info_from_flags(a: &DeployArgs, md5: bool) -> anyhow::Result<ImageInfo> {
     let first = a.urls.first().map(String::as_str).unwrap_or("");
-    let id = a.image_id.clone().unwrap_or_else(|| match url_basename(first) {
-        s if s.is_empty() => "image".to_string(),
-        s => s,
-    });
+    let id = a
+        .image_id
+        .clone()
+        .unwrap_or_else(|| match url_basename(first) {
+            s if s.is_empty() => "image".to_string(),
+            s => s,
+        });
     let mut v = serde_json::json!({
         "id": id,
         "urls": a.urls,
@@ -301,7 +310,11 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     };
     let size = a.size_mib.max(4) << 20;
     let image = dir.join("sample.img");
-    println!("rivet demo: making a {} MiB sample GPT image at {}", size >> 20, image.display());
+    println!(
+        "rivet demo: making a {} MiB sample GPT image at {}",
+        size >> 20,
+        image.display()
+    );
     rivet::demo::sample_image(&image, size, 0x5eed)?;
     let server = rivet::demo::FileServer::start(&dir)?;
     let url = server.url("sample.img");
@@ -313,7 +326,10 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         h.update(&std::fs::read(&image)?);
         h.hex_digest()
     };
-    println!("rivet demo: serving it at {url}; deploying into {}", disk.display());
+    println!(
+        "rivet demo: serving it at {url}; deploying into {}",
+        disk.display()
+    );
     let info = ImageInfo::from_value(
         &serde_json::json!({"id": "sample", "urls": [url], "disk_format": "raw",
                             "os_hash_algo": "sha256", "os_hash_value": digest}),

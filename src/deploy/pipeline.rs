@@ -83,10 +83,8 @@ pub fn write_raw_image(
     let mut dl = ImageDownload::new(info, cfg, progress)?;
     let expected = checksum::resolve(info, cfg.md5_enabled, &mut |u| dl.fetch_text(u))?;
     tracing::info!(image = %info.id, algo = %expected.algo, "expecting digest {}", expected.hex);
-    let target = Arc::new(
-        Target::open(device, opts.direct_io)
-            .map_err(|e| write_error(info, device, &e))?,
-    );
+    let target =
+        Arc::new(Target::open(device, opts.direct_io).map_err(|e| write_error(info, device, &e))?);
     // A checksum mismatch is retried like IPA's outer loop does, sharing the same budget.
     let mut attempt = 0;
     loop {

@@ -44,7 +44,9 @@ impl Target {
                 .open(path)
                 .map_err(|e| annotate(e, path, "cannot open the device exclusively"))?;
             let capacity = file.seek(SeekFrom::End(0))?;
-            let sector_size = rustix::fs::ioctl_blksszget(&file).map(u64::from).unwrap_or(512);
+            let sector_size = rustix::fs::ioctl_blksszget(&file)
+                .map(u64::from)
+                .unwrap_or(512);
             // O_EXCL is held by `file`; the direct descriptor shares the claim of this process.
             let direct = if use_direct {
                 OpenOptions::new()
@@ -70,7 +72,10 @@ impl Target {
                 if !m.is_file() {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        format!("{} is neither a block device nor a regular file", path.display()),
+                        format!(
+                            "{} is neither a block device nor a regular file",
+                            path.display()
+                        ),
                     ));
                 }
             }
@@ -169,7 +174,10 @@ impl Target {
                 continue;
             }
             // EINVAL: a device without partition scanning (e.g. a loop device without -P).
-            tracing::debug!("re-reading the partition table of {}: {err}", self.path.display());
+            tracing::debug!(
+                "re-reading the partition table of {}: {err}",
+                self.path.display()
+            );
             break;
         }
         udev_settle();
@@ -220,6 +228,8 @@ mod tests {
     fn directories_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let e = Target::open(dir.path(), false).unwrap_err();
-        assert!(e.to_string().contains("neither a block device nor a regular file"));
+        assert!(e
+            .to_string()
+            .contains("neither a block device nor a regular file"));
     }
 }

@@ -39,9 +39,7 @@ pub fn relocate_backup_gpt(file: &File) -> io::Result<GptFix> {
         .map_err(|e| io::Error::other(format!("cannot write the GPT: {e}")))?;
     let mut mbr = [0u8; 512];
     file.read_exact_at(&mut mbr, 0)?;
-    let entries_used = (0..4)
-        .filter(|i| mbr[446 + 16 * i + 4] != 0)
-        .count();
+    let entries_used = (0..4).filter(|i| mbr[446 + 16 * i + 4] != 0).count();
     if mbr[450] == 0xEE && entries_used == 1 {
         let bootable = mbr[446] == 0x80;
         if bootable {
@@ -103,7 +101,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d");
         gpt_image(&p, 4 << 20);
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
         assert_eq!(relocate_backup_gpt(&f).unwrap(), GptFix::AlreadyAtEnd);
         f.set_len(16 << 20).unwrap();
         assert_eq!(relocate_backup_gpt(&f).unwrap(), GptFix::Moved);
@@ -111,7 +113,10 @@ mod tests {
         assert_eq!(gpt.header.backup_lba, (16 << 20) / 512 - 1);
         assert_eq!(gpt[1].starting_lba, 2048);
         let s0 = read_sector0(&mut f).unwrap();
-        assert_eq!(u32::from_le_bytes(s0[458..462].try_into().unwrap()), (16 << 20) / 512 - 1);
+        assert_eq!(
+            u32::from_le_bytes(s0[458..462].try_into().unwrap()),
+            (16 << 20) / 512 - 1
+        );
         assert_eq!(relocate_backup_gpt(&f).unwrap(), GptFix::AlreadyAtEnd);
     }
 
@@ -122,7 +127,11 @@ mod tests {
         let mut data = vec![0u8; 1 << 20];
         data[440..444].copy_from_slice(&0x1a2b3c4du32.to_le_bytes());
         std::fs::write(&p, &data).unwrap();
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
         assert_eq!(relocate_backup_gpt(&f).unwrap(), GptFix::NoGpt);
         assert_eq!(mbr_disk_signature(&f).unwrap(), "0x1a2b3c4d");
     }

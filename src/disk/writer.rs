@@ -180,7 +180,7 @@ impl DiskWriter {
         let sector = self.target.sector_size() as usize;
         let head_len = self.head.len();
         match self.target.direct() {
-            Some(d) if head_len % sector == 0 && head_len > 0 => {
+            Some(d) if head_len.is_multiple_of(sector) && head_len > 0 => {
                 let mut b = AlignedBuf::new(head_len);
                 b.slice_mut()[..head_len].copy_from_slice(&self.head);
                 d.write_all_at(b.slice(head_len), 0)?;
@@ -212,7 +212,7 @@ fn io_loop(
     for job in jobs {
         let data = job.buf.slice(job.len);
         let fd: &File = match target.direct() {
-            Some(d) if job.len % sector == 0 => d,
+            Some(d) if job.len.is_multiple_of(sector) => d,
             _ => target.file(),
         };
         fd.write_all_at(data, job.at)?;
@@ -240,7 +240,10 @@ mod tests {
         }
         w.finish().unwrap();
         let on_disk = std::fs::read(&p).unwrap();
-        assert!(on_disk[..1 << 20].iter().all(|&b| b == 0xAA), "head written early");
+        assert!(
+            on_disk[..1 << 20].iter().all(|&b| b == 0xAA),
+            "head written early"
+        );
         assert_eq!(&on_disk[1 << 20..img.len()], &img[1 << 20..]);
         assert_eq!(w.commit().unwrap(), img.len() as u64);
         let on_disk = std::fs::read(&p).unwrap();

@@ -157,10 +157,12 @@ impl Hasher {
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// What the image must hash to.
@@ -331,7 +333,9 @@ mod tests {
         h.reset();
         h.update(b"abc");
         assert!(h.hex_digest().starts_with("ddaf35a193617aba"));
-        for name in ["sha1", "sha224", "sha384", "sha3_256", "SHA3-512", "blake2b", "blake2s"] {
+        for name in [
+            "sha1", "sha224", "sha384", "sha3_256", "SHA3-512", "blake2b", "blake2s",
+        ] {
             assert!(Algorithm::from_name(name).is_some(), "{name}");
         }
         assert_eq!(Algorithm::from_name("whirlpool"), None);
@@ -339,9 +343,18 @@ mod tests {
 
     #[test]
     fn length_rule() {
-        assert_eq!(Algorithm::from_hex_len(&"a".repeat(128), false), Ok(Algorithm::Sha512));
-        assert_eq!(Algorithm::from_hex_len(&"a".repeat(64), false), Ok(Algorithm::Sha256));
-        assert_eq!(Algorithm::from_hex_len(&"a".repeat(32), true), Ok(Algorithm::Md5));
+        assert_eq!(
+            Algorithm::from_hex_len(&"a".repeat(128), false),
+            Ok(Algorithm::Sha512)
+        );
+        assert_eq!(
+            Algorithm::from_hex_len(&"a".repeat(64), false),
+            Ok(Algorithm::Sha256)
+        );
+        assert_eq!(
+            Algorithm::from_hex_len(&"a".repeat(32), true),
+            Ok(Algorithm::Md5)
+        );
         assert!(Algorithm::from_hex_len(&"a".repeat(32), false)
             .unwrap_err()
             .starts_with("MD5 support is disabled"));
@@ -355,11 +368,17 @@ mod tests {
         let h128 = "c".repeat(128);
         let ok = |text: &str| parse_checksum_file(text, "http://c/sums", URL).unwrap();
         assert_eq!(ok(&format!("{h64}\n")), h64);
-        assert_eq!(ok(&format!("# c\n{h32}  other.img\n{h64}  image.img\n")), h64);
+        assert_eq!(
+            ok(&format!("# c\n{h32}  other.img\n{h64}  image.img\n")),
+            h64
+        );
         assert_eq!(ok(&format!("{h128} *image.img")), h128);
         assert_eq!(ok(&format!("{h64}  ./image.img\n{h32}  x")), h64);
         assert_eq!(ok(&format!("{h64}  /srv/images/image.img")), h64);
-        assert_eq!(ok(&format!("SHA256 (image.img) = {h64}\nMD5 (x) = {h32}")), h64);
+        assert_eq!(
+            ok(&format!("SHA256 (image.img) = {h64}\nMD5 (x) = {h32}")),
+            h64
+        );
         assert_eq!(ok(&format!("SHA512 (./image.img) = {h128}")), h128);
     }
 
@@ -368,7 +387,10 @@ mod tests {
         let err = |text: &str| parse_checksum_file(text, "http://c/sums", URL).unwrap_err();
         let e = err("\n  \n");
         assert_eq!(e.type_name(), "ImageDownloadError");
-        assert_eq!(e.details(), "Download of image http://c/sums failed: Empty checksum file");
+        assert_eq!(
+            e.details(),
+            "Download of image http://c/sums failed: Empty checksum file"
+        );
         assert!(err("invalid")
             .details()
             .ends_with("Invalid checksum file (No valid checksum found) ['invalid']"));
@@ -377,7 +399,9 @@ mod tests {
             .details()
             .ends_with("Checksum file does not contain name image.img"));
         // A regex would let '.' match any char; we compare literally.
-        assert!(err(&format!("{h}  imageximg\n{h} b")).details().contains("does not contain"));
+        assert!(err(&format!("{h}  imageximg\n{h} b"))
+            .details()
+            .contains("does not contain"));
     }
 
     fn info(algo: Option<&str>, value: Option<&str>, checksum: Option<&str>) -> ImageInfo {
@@ -398,16 +422,36 @@ mod tests {
     #[test]
     fn resolution_order() {
         let h = "ab".repeat(32);
-        let e = resolve(&info(Some("sha256"), Some(&h.to_uppercase()), None), false, &mut no_fetch)
-            .unwrap();
-        assert_eq!(e, Expected { algo: Algorithm::Sha256, hex: h.clone() });
+        let e = resolve(
+            &info(Some("sha256"), Some(&h.to_uppercase()), None),
+            false,
+            &mut no_fetch,
+        )
+        .unwrap();
+        assert_eq!(
+            e,
+            Expected {
+                algo: Algorithm::Sha256,
+                hex: h.clone()
+            }
+        );
         assert!(e.matches(&h.to_uppercase()));
         // Unknown algo, md5 checksum allowed.
         let m = "cd".repeat(16);
-        let e = resolve(&info(Some("whirlpool"), Some("x"), Some(&m)), true, &mut no_fetch).unwrap();
+        let e = resolve(
+            &info(Some("whirlpool"), Some("x"), Some(&m)),
+            true,
+            &mut no_fetch,
+        )
+        .unwrap();
         assert_eq!(e.algo, Algorithm::Md5);
         // Unknown algo and nothing else.
-        let err = resolve(&info(Some("whirlpool"), Some("x"), None), true, &mut no_fetch).unwrap_err();
+        let err = resolve(
+            &info(Some("whirlpool"), Some("x"), None),
+            true,
+            &mut no_fetch,
+        )
+        .unwrap_err();
         assert_eq!(err.type_name(), "RESTError");
         assert!(err.to_string().starts_with(
             "An error occurred: Unable to verify image fake_id with available checksums."
@@ -415,7 +459,9 @@ mod tests {
         assert!(err.details().contains("(currently whirlpool)"));
         // md5 by length when disabled.
         let err = resolve(&info(None, None, Some(&m)), false, &mut no_fetch).unwrap_err();
-        assert!(err.details().contains("algorithm could not be identified. Error: MD5 support is disabled"));
+        assert!(err
+            .details()
+            .contains("algorithm could not be identified. Error: MD5 support is disabled"));
     }
 
     #[test]
@@ -426,9 +472,19 @@ mod tests {
             calls.push(u.to_string());
             Ok(format!("{h}  image.img\n"))
         };
-        let e = resolve(&info(None, None, Some("http://c/SHA512SUMS")), false, &mut fetch).unwrap();
+        let e = resolve(
+            &info(None, None, Some("http://c/SHA512SUMS")),
+            false,
+            &mut fetch,
+        )
+        .unwrap();
         assert_eq!(e.algo, Algorithm::Sha512);
-        let e = resolve(&info(Some("sha512"), Some("https://c/S"), None), false, &mut fetch).unwrap();
+        let e = resolve(
+            &info(Some("sha512"), Some("https://c/S"), None),
+            false,
+            &mut fetch,
+        )
+        .unwrap();
         assert_eq!(e.hex, h);
         assert_eq!(calls, vec!["http://c/SHA512SUMS", "https://c/S"]);
     }

@@ -615,7 +615,8 @@ pub fn build_client(
         b = b.tls_danger_accept_invalid_certs(true);
     }
     if let Some(ca) = &cfg.cafile {
-        let pem = std::fs::read(ca).map_err(|e| format!("Cannot read cafile {}: {e}", ca.display()))?;
+        let pem =
+            std::fs::read(ca).map_err(|e| format!("Cannot read cafile {}: {e}", ca.display()))?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("Invalid cafile {}: {e}", ca.display()))?
         {
@@ -624,10 +625,11 @@ pub fn build_client(
     }
     match (&cfg.certfile, &cfg.keyfile) {
         (Some(c), Some(k)) => {
-            let mut pem =
-                std::fs::read(c).map_err(|e| format!("Cannot read certfile {}: {e}", c.display()))?;
+            let mut pem = std::fs::read(c)
+                .map_err(|e| format!("Cannot read certfile {}: {e}", c.display()))?;
             pem.extend(
-                std::fs::read(k).map_err(|e| format!("Cannot read keyfile {}: {e}", k.display()))?,
+                std::fs::read(k)
+                    .map_err(|e| format!("Cannot read keyfile {}: {e}", k.display()))?,
             );
             let id = reqwest::Identity::from_pem(&pem)
                 .map_err(|e| format!("Invalid client certificate or key: {e}"))?;
@@ -647,7 +649,8 @@ pub fn build_client(
         .map_err(|e| format!("Invalid proxy {target}: {e}"))?;
         b = b.proxy(p.no_proxy(no_proxy.clone()));
     }
-    b.build().map_err(|e| format!("Cannot build the HTTP client: {}", error_chain(&e)))
+    b.build()
+        .map_err(|e| format!("Cannot build the HTTP client: {}", error_chain(&e)))
 }
 
 #[cfg(test)]
@@ -714,7 +717,10 @@ mod tests {
         assert_eq!(resume_validator(&h).unwrap(), "\"abc\"");
         h.insert(header::ETAG, HeaderValue::from_static("W/\"abc\""));
         assert_eq!(resume_validator(&h), None);
-        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 100-199/200"));
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_static("bytes 100-199/200"),
+        );
         assert_eq!(content_range_start(&h), Some(100));
     }
 }

@@ -265,9 +265,15 @@ mod tests {
         v["checksum"] = json!("http://example.org/SHA256SUMS");
         assert!(ImageInfo::from_value(&v, false).is_ok());
         v["checksum"] = json!("");
-        assert_eq!(err(&v, false), "Image 'checksum' must be a non-empty string.");
+        assert_eq!(
+            err(&v, false),
+            "Image 'checksum' must be a non-empty string."
+        );
         v["checksum"] = json!({"a": 1});
-        assert_eq!(err(&v, false), "Image 'checksum' must be a non-empty string.");
+        assert_eq!(
+            err(&v, false),
+            "Image 'checksum' must be a non-empty string."
+        );
         v["checksum"] = Value::Null;
         assert!(err(&v, true).starts_with("Image checksum is not available"));
     }
@@ -276,10 +282,16 @@ mod tests {
     fn hash_pair_must_be_complete() {
         let mut v = base();
         v.as_object_mut().unwrap().remove("os_hash_value");
-        assert_eq!(err(&v, false), "Image 'os_hash_value' must be a non-empty string.");
+        assert_eq!(
+            err(&v, false),
+            "Image 'os_hash_value' must be a non-empty string."
+        );
         let mut v = base();
         v.as_object_mut().unwrap().remove("os_hash_algo");
-        assert_eq!(err(&v, false), "Image 'os_hash_algo' must be a non-empty string.");
+        assert_eq!(
+            err(&v, false),
+            "Image 'os_hash_algo' must be a non-empty string."
+        );
         let mut v = base();
         v["os_hash_algo"] = json!("md5");
         assert!(ImageInfo::from_value(&v, false).is_ok());

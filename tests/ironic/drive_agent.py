@@ -54,6 +54,10 @@ class ScenarioFailed(Exception):
     """The agent answered, but not the way Ironic expects."""
 
 
+class UsageError(Exception):
+    """Bad command line for the chosen scenario."""
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
@@ -242,19 +246,17 @@ def exc_info_dict(e):
 
 def load_image_info(args):
     if not args.image_info:
-        raise SystemExit(_usage('--image-info FILE.json is required for '
-                                'scenario %s' % args.scenario))
-    with open(args.image_info) as f:
-        info = json.load(f)
+        raise UsageError('--image-info FILE.json is required for scenario %s'
+                         % args.scenario)
+    try:
+        with open(args.image_info) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError('cannot read --image-info %s: %s'
+                         % (args.image_info, e))
     if not isinstance(info, dict):
-        raise SystemExit(_usage('--image-info must hold a JSON object'))
+        raise UsageError('--image-info must hold a JSON object')
     return info
-
-
-def _usage(msg):
-    out({'scenario': None, 'ok': False, 'error': msg})
-    sys.stderr.write('drive_agent: %s\n' % msg)
-    return EXIT_USAGE
 
 
 def load_configdrive(args):
@@ -346,14 +348,18 @@ def wait_for_deploy_step(ctx, step, deadline):
 def start_write_image(ctx):
     args, client, node, ports = (ctx['args'], ctx['client'], ctx['node'],
                                  ctx['ports'])
+    step = write_image_step(args)  # usage errors before any request
     if args.deploy_version == 'auto':
         refresh_deploy_steps(ctx)
     elif args.deploy_version == 'none':
         set_dii(node, 'hardware_manager_version', None)
     else:
-        set_dii(node, 'hardware_manager_version',
-                json.loads(args.deploy_version))
-    step = write_image_step(args)
+        try:
+            version = json.loads(args.deploy_version)
+        except ValueError as e:
+            raise UsageError('--deploy-version is not auto, none or JSON: %s'
+                             % e)
+        set_dii(node, 'hardware_manager_version', version)
     # The conductor's current step is its own out-of-band write_image step.
     node.deploy_step = {'interface': 'deploy', 'step': 'write_image',
                         'priority': 80, 'argsinfo': None}
@@ -551,8 +557,11 @@ def main(argv=None):
     result = {'scenario': args.scenario, 'agent_url': args.agent_url}
     try:
         report = SCENARIOS[args.scenario](ctx)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    except UsageError as e:
+        result.update({'ok': False, 'error': str(e)})
+        out(result)
+        sys.stderr.write('drive_agent: %s\n' % e)
+        return EXIT_USAGE
     except ScenarioFailed as e:
         result.update({'ok': False, 'error': e.args[0]})
         if len(e.args) > 1 and isinstance(e.args[1], dict):

@@ -1,0 +1,374 @@
+//! Test support: a fault-injecting HTTP/1.1 server on 127.0.0.1, images and loop devices.
+//!
+//! The server is hand-written on purpose: the faults we need (a connection cut after N bytes, a
+//! body shorter than its Content-Length, a stall) are things a well-behaved server library
+//! will not do.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the server answers one path.
+#[derive(Clone)]
+pub enum Route {
+    /// 200 with the bytes; `ranges` adds Accept-Ranges + ETag and honours `Range`.
+    Bytes { data: Arc<Vec<u8>>, ranges: bool },
+    /// The first `times` requests get Content-Length of the whole body but the connection is
+    /// cut after `after` bytes; later requests are served as `Bytes`.
+    CutAfter {
+        data: Arc<Vec<u8>>,
+        after: usize,
+        times: usize,
+        ranges: bool,
+    },
+    /// Answer with these statuses first, then serve the bytes.
+    StatusThen {
+        statuses: Vec<u16>,
+        data: Arc<Vec<u8>>,
+    },
+    /// Always this status.
+    Status(u16),
+    /// Send `after` bytes then stall for `secs` before closing.
+    Stall {
+        data: Arc<Vec<u8>>,
+        after: usize,
+        secs: u64,
+    },
+    /// Always claim the full length but send only `send` bytes and close.
+    Short { data: Arc<Vec<u8>>, send: usize },
+    /// 302 to another path.
+    Redirect(String),
+    /// Requires `Authorization: <expected>` else 401.
+    Auth {
+        expected: String,
+        data: Arc<Vec<u8>>,
+    },
+    /// Serve the bytes without a Content-Length (chunked end by close).
+    NoLength { data: Arc<Vec<u8>> },
+}
+
+/// One request the server saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+}
+
+/// The server. Dropping it leaves the thread blocked in accept; the process ends soon anyway.
+pub struct Server {
+    pub port: u16,
+    routes: Arc<Mutex<HashMap<String, Route>>>,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
+        let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (r, c, s) = (routes.clone(), counts.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (r, c, s) = (r.clone(), c.clone(), s.clone());
+                std::thread::spawn(move || {
+                    let _ = handle(conn, &r, &c, &s);
+                });
+            }
+        });
+        Server {
+            port,
+            routes,
+            counts,
+            seen,
+        }
+    }
+
+    pub fn route(&self, path: &str, route: Route) -> String {
+        self.routes.lock().unwrap().insert(path.to_string(), route);
+        self.url(path)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// How many requests reached `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path == path)
+            .count()
+    }
+
+    pub fn requests(&self, path: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+fn handle(
+    stream: TcpStream,
+    routes: &Mutex<HashMap<String, Route>>,
+    counts: &Mutex<HashMap<String, usize>>,
+    seen: &Mutex<Vec<Seen>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    seen.lock().unwrap().push(Seen {
+        path: path.clone(),
+        headers: headers.clone(),
+    });
+    let n = {
+        let mut c = counts.lock().unwrap();
+        let e = c.entry(path.clone()).or_insert(0);
+        *e += 1;
+        *e
+    };
+    let route = routes.lock().unwrap().get(&path).cloned();
+    let range_from = headers
+        .get("range")
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|r| r.parse::<usize>().ok());
+    match route {
+        None => status(&mut out, 404, "no such route"),
+        Some(Route::Status(code)) => status(&mut out, code, "fault injected"),
+        Some(Route::Bytes { data, ranges }) => serve(&mut out, &data, ranges, range_from, None),
+        Some(Route::CutAfter {
+            data,
+            after,
+            times,
+            ranges,
+        }) => {
+            if n <= times {
+                serve(&mut out, &data, ranges, range_from, Some(after))
+            } else {
+                serve(&mut out, &data, ranges, range_from, None)
+            }
+        }
+        Some(Route::StatusThen { statuses, data }) => match statuses.get(n - 1) {
+            Some(&code) => status(&mut out, code, "try again"),
+            None => serve(&mut out, &data, false, None, None),
+        },
+        Some(Route::Stall { data, after, secs }) => {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                data.len()
+            )?;
+            out.write_all(&data[..after])?;
+            out.flush()?;
+            std::thread::sleep(Duration::from_secs(secs));
+            Ok(())
+        }
+        Some(Route::Short { data, send }) => serve(&mut out, &data, false, None, Some(send)),
+        Some(Route::Redirect(to)) => {
+            write!(out, "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        }
+        Some(Route::Auth { expected, data }) => {
+            if headers.get("authorization") == Some(&expected) {
+                serve(&mut out, &data, false, None, None)
+            } else {
+                status(&mut out, 401, "Unauthorized")
+            }
+        }
+        Some(Route::NoLength { data }) => {
+            write!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            out.write_all(&data)
+        }
+    }
+}
+
+fn status(out: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
+    write!(
+        out,
+        "HTTP/1.1 {code} Fault\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn serve(
+    out: &mut TcpStream,
+    data: &[u8],
+    ranges: bool,
+    from: Option<usize>,
+    cut: Option<usize>,
+) -> std::io::Result<()> {
+    let extra = if ranges {
+        "Accept-Ranges: bytes\r\nETag: \"v1\"\r\n"
+    } else {
+        ""
+    };
+    let (start, head) = match from {
+        Some(f) if ranges && f < data.len() => (
+            f,
+            format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {f}-{}/{}\r\n",
+                data.len() - 1,
+                data.len()
+            ),
+        ),
+        _ => (0, "HTTP/1.1 200 OK\r\n".to_string()),
+    };
+    write!(
+        out,
+        "{head}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        data.len() - start
+    )?;
+    let end = match cut {
+        Some(c) => (start + c).min(data.len()),
+        None => data.len(),
+    };
+    for chunk in data[start..end].chunks(256 << 10) {
+        out.write_all(chunk)?;
+    }
+    out.flush()?;
+    let _ = out.shutdown(std::net::Shutdown::Both);
+    Ok(())
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(len: usize, seed: u64) -> Arc<Vec<u8>> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Arc::new(v)
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    let mut h = rivet::image::checksum::Algorithm::Sha256.hasher();
+    h.update(data);
+    h.hex_digest()
+}
+
+pub fn digest(algo: &str, data: &[u8]) -> String {
+    let mut h = rivet::image::checksum::Algorithm::from_name(algo)
+        .unwrap()
+        .hasher();
+    h.update(data);
+    h.hex_digest()
+}
+
+/// True when tests may use loop devices. Outside CI a non-root run skips with a reason; in CI
+/// (CI=true) not being root is a failure, so the real-device tests can't silently vanish.
+pub fn loop_devices_available(test: &str) -> bool {
+    let root = rustix_is_root();
+    if root {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: CI must run as root to use loop devices");
+    }
+    eprintln!("SKIPPED {test}: needs root for losetup");
+    false
+}
+
+fn rustix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// A loop device over a backing file; detached and removed on drop.
+pub struct LoopDev {
+    pub dev: PathBuf,
+    pub backing: PathBuf,
+}
+
+impl LoopDev {
+    pub fn new(dir: &Path, name: &str, size: u64, fill: u8) -> LoopDev {
+        let backing = dir.join(name);
+        std::fs::write(&backing, vec![fill; size as usize]).unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&backing)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        LoopDev { dev, backing }
+    }
+
+    /// A loop device over a byte range of another (how tests read partitions here).
+    pub fn over_range(of: &Path, offset: u64, size: u64) -> LoopDev {
+        let out = Command::new("losetup")
+            .args([
+                "-f",
+                "--show",
+                "-o",
+                &offset.to_string(),
+                "--sizelimit",
+                &size.to_string(),
+            ])
+            .arg(of)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        LoopDev {
+            dev,
+            backing: PathBuf::new(),
+        }
+    }
+
+    pub fn read(&self) -> Vec<u8> {
+        std::fs::read(&self.dev).unwrap()
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// A GPT disk image of `size` bytes made with the project's sample generator.
+pub fn gpt_image(dir: &Path, size: u64, seed: u64) -> Vec<u8> {
+    let p = dir.join(format!("gpt-{seed}.img"));
+    rivet::demo::sample_image(&p, size, seed).unwrap();
+    std::fs::read(p).unwrap()
+}
