@@ -34,7 +34,6 @@ import base64
 import io
 import json
 import logging
-import os
 import sys
 import tarfile
 import time
