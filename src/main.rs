@@ -233,20 +233,27 @@ fn run_with_progress(
     opts: &DeployOptions,
 ) -> anyhow::Result<Deployed> {
     let progress = Arc::new(Progress::default());
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Dropping `done_tx` wakes the watcher at once (no sleeping tick to wait out).
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watcher = {
-        let (p, d) = (Arc::clone(&progress), Arc::clone(&done));
-        std::thread::spawn(move || watch(&p, &d))
+        let p = Arc::clone(&progress);
+        std::thread::spawn(move || watch(&p, &done_rx))
     };
     let res = pipeline::write_raw_image(info, device, cfg, opts, progress);
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(done_tx);
     let _ = watcher.join();
     Ok(res?)
 }
 
-fn watch(p: &Progress, done: &std::sync::atomic::AtomicBool) {
-    use std::sync::atomic::Ordering;
-    let tick = Duration::from_millis(200);
+/// Waits for one tick; false once the deploy is over.
+fn tick(done: &std::sync::mpsc::Receiver<()>) -> bool {
+    matches!(
+        done.recv_timeout(Duration::from_millis(200)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+    )
+}
+
+fn watch(p: &Progress, done: &std::sync::mpsc::Receiver<()>) {
     if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -255,18 +262,16 @@ fn watch(p: &Progress, done: &std::sync::atomic::AtomicBool) {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        while !done.load(Ordering::Relaxed) {
+        while tick(done) {
             if let Some(len) = p.content_length() {
                 bar.set_length(len);
             }
             bar.set_position(p.bytes_transferred());
-            std::thread::sleep(tick);
         }
         bar.finish_and_clear();
     } else {
         let mut last = std::time::Instant::now();
-        while !done.load(Ordering::Relaxed) {
-            std::thread::sleep(tick);
+        while tick(done) {
             if last.elapsed() >= Duration::from_secs(5) {
                 last = std::time::Instant::now();
                 tracing::info!(

@@ -25,9 +25,10 @@ use crate::image::checksum::{self, Algorithm, Expected};
 use crate::image::fetch::{FetchConfig, ImageDownload, Progress, Sink};
 use crate::image::info::ImageInfo;
 
-/// Chunks in flight between the network and each consumer. Chunks are at most a few hundred
-/// KiB, so this bounds memory to a few tens of MiB whatever the image size.
-const QUEUE: usize = 64;
+/// Chunks in flight between the network and each consumer. hyper hands out chunks of up to
+/// ~400 KiB, so this is a few MiB: small enough that the hash thread reads the bytes while they
+/// are still in cache (SHA-256 runs at 2.0 GB/s on cache-hot data here, 1.2 GB/s from RAM).
+const QUEUE: usize = 8;
 
 /// How to write.
 #[derive(Debug, Clone)]

@@ -411,6 +411,7 @@ impl ImageDownload {
                             cur.total.unwrap_or(0)
                         )));
                     }
+                    tracing::trace!(len = n, "chunk");
                     sink.data(chunk).map_err(Failure::Stop)?;
                     cur.offset += n;
                     self.progress.set_transferred(cur.offset);
