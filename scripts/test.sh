@@ -19,6 +19,10 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# Ironic's real conductor client (PyPI `ironic`) drives `rivet serve` in the agent tests.
+RIVET_IRONIC_PYTHON="$(bash tests/ironic/setup.sh)/bin/python"
+export RIVET_IRONIC_PYTHON
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets

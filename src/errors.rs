@@ -86,6 +86,9 @@ pub enum AgentError {
     /// `ClockSyncError`.
     #[error("Error syncing system clock: {0}")]
     ClockSync(String),
+    /// `HardwareManagerMethodNotFound`: a deploy step nobody implements.
+    #[error("No HardwareManager found to handle method: {0}")]
+    HardwareManagerMethodNotFound(String),
     /// `VersionMismatch`: Ironic's hardware manager versions differ from ours.
     #[error("Hardware managers version mismatch, reload agent with correct version: {0}")]
     VersionMismatch(String),
@@ -126,6 +129,7 @@ impl AgentError {
             AgentError::InvalidImage(_) => "InvalidImage",
             AgentError::DeviceNotFound(_) => "DeviceNotFound",
             AgentError::ClockSync(_) => "ClockSyncError",
+            AgentError::HardwareManagerMethodNotFound(_) => "HardwareManagerMethodNotFound",
             AgentError::VersionMismatch(_) => "VersionMismatch",
         }
     }
@@ -164,6 +168,9 @@ impl AgentError {
                 "Error finding the disk or partition device to deploy the image onto"
             }
             AgentError::ClockSync(_) => "Error syncing system clock",
+            AgentError::HardwareManagerMethodNotFound(_) => {
+                "No HardwareManager found to handle method"
+            }
             AgentError::VersionMismatch(_) => {
                 "Hardware managers version mismatch, reload agent with correct version"
             }

@@ -5,8 +5,12 @@
 //! - [`image`]: what an image is (`image_info`), how it is fetched, how it is checked;
 //! - [`disk`]: the install target, the writer stage, partition tables;
 //! - [`deploy`]: the data path that joins them;
+//! - [`agent`]: IPA's REST API, the standby/deploy/log extensions, lookup and heartbeat;
+//! - [`config`]: settings from the kernel command line, a file, the environment and flags;
 //! - [`errors`]: IPA's error types, as the conductor sees them.
 
+pub mod agent;
+pub mod config;
 pub mod demo;
 pub mod deploy;
 pub mod disk;

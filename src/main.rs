@@ -39,6 +39,61 @@ enum Command {
     /// Deploy a generated sample image from a loopback HTTP server into a regular file: the
     /// whole path of `deploy` with nothing else at hand.
     Demo(DemoArgs),
+    /// Run the agent: IPA's REST API for the Ironic conductor, plus lookup and heartbeats when
+    /// an Ironic API URL is configured.
+    ///
+    /// Every option can also come from the kernel command line (`ipa-<option>=VALUE`, e.g.
+    /// `ipa-api-url=`), the config file (`option = VALUE` in TOML) or the environment
+    /// (`RIVET_<OPTION>`); later sources win: kernel command line, file, environment, flags.
+    Serve(ServeArgs),
+}
+
+/// `rivet serve` options: generated from the one table in `rivet::config::OPTIONS`.
+struct ServeArgs {
+    flags: std::collections::BTreeMap<String, String>,
+}
+
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = std::collections::BTreeMap::new();
+        for o in rivet::config::OPTIONS {
+            if m.value_source(o.name) == Some(clap::parser::ValueSource::CommandLine) {
+                if let Some(v) = m.get_one::<String>(o.name) {
+                    flags.insert(o.name.to_string(), v.clone());
+                }
+            }
+        }
+        Ok(ServeArgs { flags })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for ServeArgs {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for o in rivet::config::OPTIONS {
+            let help = match o.default {
+                Some(d) => format!("{} [default: {d}]", o.help),
+                None => o.help.to_string(),
+            };
+            let mut a = clap::Arg::new(o.name)
+                .long(o.name.replace('_', "-"))
+                .value_name("VALUE")
+                .help(help);
+            if o.switch {
+                a = a.num_args(0..=1).default_missing_value("true");
+            }
+            cmd = cmd.arg(a);
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 #[derive(Args)]
@@ -128,15 +183,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    // Every log line also goes to a bounded buffer, for `log.collect_system_logs`.
+    let logs = Arc::new(rivet::agent::log::LogBuffer::default());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(rivet::agent::log::TeeWriter(Arc::clone(&logs)))
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let res = match cli.command {
         Command::Deploy(a) => deploy(a),
         Command::Demo(a) => demo(a),
+        Command::Serve(a) => serve(a, logs),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -352,4 +410,42 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&dir)?;
     }
     Ok(())
+}
+
+fn serve(a: ServeArgs, logs: Arc<rivet::agent::log::LogBuffer>) -> anyhow::Result<()> {
+    let env: std::collections::BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("RIVET_"))
+        .collect();
+    let settings = rivet::config::Settings::load(&a.flags, &env)?;
+    if settings.bool("listen_tls")? {
+        anyhow::bail!("listen_tls is not supported by this version of rivet");
+    }
+    let addr = settings.listen_addr()?;
+    let agent = rivet::agent::Agent::new(settings, logs).map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(
+            "rivet {} agent API listening on {bound} (power backend: {})",
+            rivet::agent::VERSION,
+            agent.power().name()
+        );
+        let app = rivet::agent::api::router(Arc::clone(&agent));
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        match rivet::agent::ironic::run(Arc::clone(&agent), bound.port()).await {
+            Ok(()) => {}
+            Err(e) => {
+                server.abort();
+                return Err(anyhow::Error::new(e));
+            }
+        }
+        server.await??;
+        Ok(())
+    })
 }

@@ -56,7 +56,7 @@ pub enum Outcome {
 }
 
 /// A command body, run inline (sync) or on its own thread (async).
-pub type Body = Box<dyn FnOnce(&Progress) -> Result<Outcome, AgentError> + Send + 'static>;
+pub type Body = Box<dyn FnOnce(&Arc<Progress>) -> Result<Outcome, AgentError> + Send + 'static>;
 
 /// A command resolved and validated, ready to run.
 pub enum Prepared {
@@ -136,7 +136,9 @@ impl Record {
                 Ok(o) => {
                     d.status = Status::Succeeded;
                     d.result = match o {
-                        Outcome::Text(t) if is_async => Some(json!({"result": format!("{}: {t}", self.name)})),
+                        Outcome::Text(t) if is_async => {
+                            Some(json!({"result": format!("{}: {t}", self.name)}))
+                        }
                         Outcome::Text(t) => Some(json!({"result": t})),
                         Outcome::Json(v) => Some(v),
                         Outcome::Null => None,
@@ -162,27 +164,34 @@ pub fn error_json(e: &AgentError) -> Value {
     json!({"type": e.type_name(), "code": e.code(), "message": e.message(), "details": e.details()})
 }
 
+/// Results in dispatch order, and where each id is.
+#[derive(Default)]
+struct List {
+    order: Vec<Arc<Record>>,
+    index: HashMap<String, usize>,
+}
+
 /// The command list and the busy rule.
 #[derive(Default)]
 pub struct Engine {
-    list: Mutex<(Vec<Arc<Record>>, HashMap<String, usize>)>,
+    list: Mutex<List>,
     dispatch: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
-    fn list(&self) -> MutexGuard<'_, (Vec<Arc<Record>>, HashMap<String, usize>)> {
+    fn list(&self) -> MutexGuard<'_, List> {
         self.list.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// All results, in the order the commands were dispatched.
     pub fn all(&self) -> Vec<Arc<Record>> {
-        self.list().0.clone()
+        self.list().order.clone()
     }
 
     /// One result by id.
     pub fn get(&self, id: &str) -> Option<Arc<Record>> {
         let l = self.list();
-        l.1.get(id).map(|&i| Arc::clone(&l.0[i]))
+        l.index.get(id).map(|&i| Arc::clone(&l.order[i]))
     }
 
     /// Runs `resolve` (name lookup and validation) and then the command, under the dispatch
@@ -195,7 +204,7 @@ impl Engine {
         after_async: impl FnOnce() + Send + 'static,
     ) -> Result<Arc<Record>, AgentError> {
         let _guard = self.dispatch.lock().await;
-        if let Some(last) = self.list().0.last() {
+        if let Some(last) = self.list().order.last() {
             if last.is_running() {
                 return Err(AgentError::AgentIsBusy(last.name.clone()));
             }
@@ -217,9 +226,9 @@ impl Engine {
         });
         {
             let mut l = self.list();
-            let idx = l.0.len();
-            l.1.insert(record.id.clone(), idx);
-            l.0.push(Arc::clone(&record));
+            let idx = l.order.len();
+            l.index.insert(record.id.clone(), idx);
+            l.order.push(Arc::clone(&record));
         }
         match prepared {
             Prepared::Sync(body) => {
@@ -240,7 +249,9 @@ impl Engine {
                     });
                 if let Err(e) = spawned {
                     record.finish(
-                        Err(AgentError::CommandExecution(format!("cannot start a thread: {e}"))),
+                        Err(AgentError::CommandExecution(format!(
+                            "cannot start a thread: {e}"
+                        ))),
                         true,
                     );
                 }
@@ -251,7 +262,7 @@ impl Engine {
 }
 
 /// Runs a body, turning a panic into `CommandExecutionError` so the list stays serialisable.
-pub fn run_body(body: Body, progress: &Progress) -> Result<Outcome, AgentError> {
+pub fn run_body(body: Body, progress: &Arc<Progress>) -> Result<Outcome, AgentError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(progress))).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()
@@ -267,15 +278,30 @@ mod tests {
     use super::*;
 
     fn ok_text(t: &'static str) -> impl FnOnce() -> Result<Prepared, AgentError> {
-        move || Ok(Prepared::Sync(Box::new(move |_| Ok(Outcome::Text(t.into())))))
+        move || {
+            Ok(Prepared::Sync(Box::new(move |_| {
+                Ok(Outcome::Text(t.into()))
+            })))
+        }
     }
 
     #[tokio::test]
     async fn sync_results_are_recorded_in_order() {
         let e = Engine::default();
-        let a = e.dispatch("standby.sync", ok_text("x"), || {}).await.unwrap();
+        let a = e
+            .dispatch("standby.sync", ok_text("x"), || {})
+            .await
+            .unwrap();
         let b = e
-            .dispatch("standby.get_partition_uuids", || Ok(Prepared::Sync(Box::new(|_| Ok(Outcome::Json(json!({"a": 1})))))), || {})
+            .dispatch(
+                "standby.get_partition_uuids",
+                || {
+                    Ok(Prepared::Sync(Box::new(|_| {
+                        Ok(Outcome::Json(json!({"a": 1})))
+                    })))
+                },
+                || {},
+            )
             .await
             .unwrap();
         let all: Vec<_> = e.all().iter().map(|r| r.to_json()).collect();
@@ -305,32 +331,70 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rec.to_json()["command_status"], "RUNNING");
-        let busy = e.dispatch("standby.sync", ok_text("x"), || {}).await.err().unwrap();
-        assert_eq!(busy.to_string(), "Agent is busy: executing command prepare_image");
+        let busy = e
+            .dispatch("standby.sync", ok_text("x"), || {})
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            busy.to_string(),
+            "Agent is busy: executing command prepare_image"
+        );
         assert_eq!(busy.code(), 409);
         tx.send(()).unwrap();
         rec.wait().await;
-        assert_eq!(rec.to_json()["command_result"], json!({"result": "prepare_image: done"}));
-        e.dispatch("standby.sync", ok_text("x"), || {}).await.unwrap();
+        assert_eq!(
+            rec.to_json()["command_result"],
+            json!({"result": "prepare_image: done"})
+        );
+        e.dispatch("standby.sync", ok_text("x"), || {})
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn failures_and_panics_are_agent_errors() {
         let e = Engine::default();
         let r = e
-            .dispatch("x.fail", || Ok(Prepared::Sync(Box::new(|_| Err(AgentError::Deployment("no".into()))))), || {})
+            .dispatch(
+                "x.fail",
+                || {
+                    Ok(Prepared::Sync(Box::new(|_| {
+                        Err(AgentError::Deployment("no".into()))
+                    })))
+                },
+                || {},
+            )
             .await
             .unwrap();
         let j = r.to_json();
         assert_eq!(j["command_status"], "FAILED");
-        assert_eq!(j["command_error"], json!({"type": "DeploymentError", "code": 500, "message": "Deploy step failed", "details": "no"}));
+        assert_eq!(
+            j["command_error"],
+            json!({"type": "DeploymentError", "code": 500, "message": "Deploy step failed", "details": "no"})
+        );
         let r = e
-            .dispatch("x.panic", || Ok(Prepared::Sync(Box::new(|_| panic!("boom")))), || {})
+            .dispatch(
+                "x.panic",
+                || Ok(Prepared::Sync(Box::new(|_| panic!("boom")))),
+                || {},
+            )
             .await
             .unwrap();
-        assert_eq!(r.to_json()["command_error"]["type"], "CommandExecutionError");
+        assert_eq!(
+            r.to_json()["command_error"]["type"],
+            "CommandExecutionError"
+        );
         let r = e
-            .dispatch("x.vm", || Ok(Prepared::Async(Box::new(|_| Err(AgentError::VersionMismatch("v".into()))))), || {})
+            .dispatch(
+                "x.vm",
+                || {
+                    Ok(Prepared::Async(Box::new(|_| {
+                        Err(AgentError::VersionMismatch("v".into()))
+                    })))
+                },
+                || {},
+            )
             .await
             .unwrap();
         r.wait().await;
@@ -338,7 +402,14 @@ mod tests {
         assert_eq!(r.to_json()["command_result"], Value::Null);
         // Validation failures make no record.
         let n = e.all().len();
-        assert!(e.dispatch("x.bad", || Err(AgentError::InvalidCommandParams("p".into())), || {}).await.is_err());
+        assert!(e
+            .dispatch(
+                "x.bad",
+                || Err(AgentError::InvalidCommandParams("p".into())),
+                || {}
+            )
+            .await
+            .is_err());
         assert_eq!(e.all().len(), n);
     }
 }

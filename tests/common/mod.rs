@@ -372,3 +372,83 @@ pub fn gpt_image(dir: &Path, size: u64, seed: u64) -> Vec<u8> {
     rivet::demo::sample_image(&p, size, seed).unwrap();
     std::fs::read(p).unwrap()
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `rivet serve`, killed on drop. Always with the `log` power backend and the
+/// power fence set, so no test can reboot or power off the machine.
+pub struct AgentProc {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    pub fn start(dir: &Path, args: &[&str]) -> AgentProc {
+        let port = free_port();
+        let log = dir.join(format!("agent-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_rivet"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--power-backend",
+                "log",
+            ])
+            .args(["--cmdline", "/dev/null", "--config", "/dev/null"])
+            .args(args)
+            .env("RIVET_FORBID_POWER", "1")
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let me = AgentProc { child, port, log };
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return me;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("rivet serve did not start: {}", me.log_text());
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python of the venv holding Ironic's real conductor code (`tests/ironic/setup.sh`), from
+/// `RIVET_IRONIC_PYTHON`. Outside CI a missing venv skips with a reason; in CI it fails.
+pub fn ironic_python(test: &str) -> Option<String> {
+    match std::env::var("RIVET_IRONIC_PYTHON") {
+        Ok(p) if Path::new(&p).exists() => Some(p),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: RIVET_IRONIC_PYTHON must point to the Ironic venv in CI (scripts/test.sh sets it)")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: set RIVET_IRONIC_PYTHON (bash tests/ironic/setup.sh) to run it"
+            );
+            None
+        }
+    }
+}

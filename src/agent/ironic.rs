@@ -1,0 +1,435 @@
+//! Talking to Ironic (SPEC §4, §16): API version discovery, lookup with IPA's backoff, the
+//! configuration Ironic returns, and heartbeats on IPA's schedule (plus the forced one after
+//! every async command).
+
+use std::net::{IpAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
+use serde_json::{json, Value};
+
+use super::Agent;
+
+/// Lookup needs 1.62 (agent token); heartbeats send at most 1.68 (`agent_verify_ca`).
+const LOOKUP_VERSION: (u32, u32) = (1, 62);
+const HEARTBEAT_VERSION: (u32, u32) = (1, 68);
+const FALLBACK_VERSION: (u32, u32) = (1, 31);
+
+/// Why talking to Ironic stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IronicError {
+    /// Lookup never succeeded within `lookup_timeout` (IPA's `LookupNodeError`).
+    #[error("Lookup of the node failed for {0} seconds: {1}")]
+    Lookup(u64, String),
+    /// A setting needed to talk to Ironic is wrong.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The Ironic API client of one agent.
+pub struct Ironic {
+    urls: Vec<String>,
+    client: reqwest::Client,
+    request_id: Option<String>,
+    version: (u32, u32),
+    timeout: Duration,
+}
+
+fn version_header(v: (u32, u32)) -> HeaderValue {
+    HeaderValue::from_str(&format!("{}.{}", v.0, v.1)).unwrap_or(HeaderValue::from_static("1.31"))
+}
+
+fn parse_version(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+impl Ironic {
+    /// A client for the `api_url` list of the agent's settings; `None` when standalone.
+    pub fn new(agent: &Agent) -> Result<Option<Ironic>, IronicError> {
+        let s = agent.settings();
+        let urls: Vec<String> = s
+            .list("api_url")
+            .into_iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect();
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let fetch = s
+            .fetch_config()
+            .map_err(|e| IronicError::Config(e.to_string()))?;
+        let timeout = s
+            .secs("http_request_timeout")
+            .map_err(|e| IronicError::Config(e.to_string()))?;
+        let client = crate::image::fetch::build_client(&fetch, &Default::default(), None)
+            .map_err(IronicError::Config)?;
+        Ok(Some(Ironic {
+            urls,
+            client,
+            request_id: s.get("global_request_id").map(str::to_owned),
+            version: FALLBACK_VERSION,
+            timeout,
+        }))
+    }
+
+    fn headers(&self, version: Option<(u32, u32)>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(v) = version {
+            h.insert("X-OpenStack-Ironic-API-Version", version_header(v));
+        }
+        if let Some(id) = self
+            .request_id
+            .as_deref()
+            .and_then(|i| HeaderValue::from_str(i).ok())
+        {
+            h.insert("X-OpenStack-Request-ID", id);
+        }
+        h
+    }
+
+    /// Sends a request to each API URL in turn until one answers; the one that answered
+    /// moves to the front.
+    async fn send(
+        &mut self,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, String> {
+        let mut last = String::from("no API URL");
+        for i in 0..self.urls.len() {
+            match build(&self.client, &self.urls[i])
+                .timeout(self.timeout)
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    if i > 0 {
+                        let u = self.urls.remove(i);
+                        self.urls.insert(0, u);
+                    }
+                    return Ok(r);
+                }
+                Err(e) => last = format!("{}: {e}", self.urls[i]),
+            }
+        }
+        Err(last)
+    }
+
+    /// `GET /`: the newest API version Ironic offers (1.31 when it cannot be learnt).
+    pub async fn discover_version(&mut self) -> (u32, u32) {
+        let h = self.headers(None);
+        let v = match self
+            .send(|c, u| c.get(format!("{u}/")).headers(h.clone()))
+            .await
+        {
+            Ok(r) => r.json::<Value>().await.ok().and_then(|v| {
+                v.pointer("/default_version/version")
+                    .and_then(Value::as_str)
+                    .and_then(parse_version)
+            }),
+            Err(e) => {
+                tracing::warn!("cannot reach Ironic for version discovery: {e}");
+                None
+            }
+        };
+        self.version = v.unwrap_or(FALLBACK_VERSION);
+        self.version
+    }
+
+    fn capped(&self, cap: (u32, u32)) -> (u32, u32) {
+        self.version.min(cap)
+    }
+
+    /// One lookup: `GET /v1/lookup?addresses=...[&node_uuid=...]`.
+    async fn lookup_once(
+        &mut self,
+        addresses: &str,
+        node_uuid: Option<&str>,
+    ) -> Result<Value, (Option<u16>, String)> {
+        let h = self.headers(Some(self.capped(LOOKUP_VERSION)));
+        let mut q = vec![("addresses", addresses.to_string())];
+        if let Some(n) = node_uuid {
+            q.push(("node_uuid", n.to_string()));
+        }
+        let r = self
+            .send(|c, u| c.get(format!("{u}/v1/lookup")).query(&q).headers(h.clone()))
+            .await
+            .map_err(|e| (None, e))?;
+        let status = r.status().as_u16();
+        if status != 200 {
+            let text = r.text().await.unwrap_or_default();
+            return Err((Some(status), format!("status {status}: {text}")));
+        }
+        r.json::<Value>()
+            .await
+            .map_err(|e| (Some(status), format!("invalid lookup answer: {e}")))
+    }
+
+    /// Lookup with IPA's backoff until `timeout`.
+    pub async fn lookup(
+        &mut self,
+        agent: &Agent,
+        addresses: &str,
+        timeout: Duration,
+        interval: Duration,
+    ) -> Result<Value, IronicError> {
+        let start = Instant::now();
+        let node_uuid = agent.settings().get("node_uuid").map(str::to_owned);
+        let mut wait = interval.max(Duration::from_millis(100));
+        let mut conflicts = 0usize;
+        loop {
+            match self.lookup_once(addresses, node_uuid.as_deref()).await {
+                Ok(v) if v.get("node").is_some() => return Ok(v),
+                Ok(v) => tracing::warn!("lookup answer without a node: {v}"),
+                Err((Some(409), msg)) => {
+                    let extra = [5u64, 10, 30][conflicts.min(2)];
+                    conflicts += 1;
+                    tracing::warn!("lookup: node locked ({msg}); waiting {extra} s more");
+                    tokio::time::sleep(Duration::from_secs(extra)).await;
+                }
+                Err((_, msg)) => tracing::warn!("lookup failed: {msg}"),
+            }
+            if start.elapsed() >= timeout {
+                return Err(IronicError::Lookup(
+                    timeout.as_secs(),
+                    "no node found".into(),
+                ));
+            }
+            // Random exponential backoff, capped at 60 s.
+            let jitter: f64 = rand::rng().random_range(0.5..1.5);
+            tokio::time::sleep(
+                wait.mul_f64(jitter)
+                    .min(timeout.saturating_sub(start.elapsed())),
+            )
+            .await;
+            wait = (wait * 2).min(Duration::from_secs(60));
+        }
+    }
+
+    /// One heartbeat; true on 202.
+    pub async fn heartbeat(&mut self, node_uuid: &str, body: &Value) -> bool {
+        let h = self.headers(Some(self.capped(HEARTBEAT_VERSION)));
+        let res = self
+            .send(|c, u| {
+                c.post(format!("{u}/v1/heartbeat/{node_uuid}"))
+                    .headers(h.clone())
+                    .json(body)
+            })
+            .await;
+        match res {
+            Ok(r) if r.status().as_u16() == 202 => true,
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                if status == 409 {
+                    tracing::warn!("heartbeat conflict (HeartbeatConflictError): {text}");
+                } else {
+                    tracing::error!("heartbeat failed (HeartbeatError): Error {status}: {text}");
+                }
+                false
+            }
+            Err(e) => {
+                tracing::error!("heartbeat failed (HeartbeatConnectionError): {e}");
+                false
+            }
+        }
+    }
+
+    /// The first API URL (for finding the advertise address).
+    pub fn first_url(&self) -> &str {
+        self.urls.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// The API version in use.
+    pub fn version(&self) -> (u32, u32) {
+        self.version
+    }
+}
+
+/// MAC addresses of the machine's NICs (sysfs), skipping loopback and all-zero addresses.
+pub fn nic_macs() -> Vec<String> {
+    let mut macs: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() != "lo")
+        .filter_map(|e| std::fs::read_to_string(e.path().join("address")).ok())
+        .map(|m| m.trim().to_lowercase())
+        .filter(|m| !m.is_empty() && m != "00:00:00:00:00:00")
+        .collect();
+    macs.sort();
+    macs.dedup();
+    macs
+}
+
+/// The local address used to reach `url`'s host (what `ip route get` would say); no packet
+/// is sent.
+pub fn local_address_towards(url: &str) -> Option<IpAddr> {
+    let u = url::Url::parse(url).ok()?;
+    let port = u.port_or_known_default().unwrap_or(80);
+    let host = u.host_str()?.trim_matches(['[', ']']).to_string();
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .ok()?
+        .next()?;
+    let bind = if target.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let s = UdpSocket::bind(bind).ok()?;
+    s.connect(target).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// Applies the `config` part of a lookup answer to the agent.
+pub fn apply_lookup(agent: &Agent, answer: &Value) -> Result<(), IronicError> {
+    if let Some(node) = answer.get("node") {
+        agent.cache_node(node);
+    }
+    let cfg = answer.get("config").cloned().unwrap_or_else(|| json!({}));
+    match cfg.get("agent_token").and_then(Value::as_str) {
+        Some("******") if !agent.has_token() => {
+            return Err(IronicError::Config(
+                "Ironic says the agent token was already handed out, and this agent has none: \
+                 refusing to serve"
+                    .into(),
+            ))
+        }
+        Some(t) if t != "******" && t.len() >= 32 => agent.set_token(t),
+        Some(t) if t != "******" => {
+            tracing::warn!("ignoring an agent token shorter than 32 characters")
+        }
+        _ => {}
+    }
+    let as_text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    for (from, to) in [
+        ("agent_md5_checksum_enable", "md5_enabled"),
+        ("permitted_image_formats", "permitted_image_formats"),
+        (
+            "disable_deep_image_inspection",
+            "disable_deep_image_inspection",
+        ),
+        ("heartbeat_timeout", "heartbeat_timeout"),
+        ("tls_min_version", "tls_min_version"),
+    ] {
+        if let Some(v) = cfg.get(from).filter(|v| !v.is_null()) {
+            agent.set_setting(to, &as_text(v));
+        }
+    }
+    Ok(())
+}
+
+/// Lookup, then heartbeats until the process ends. Returns only on a fatal error.
+pub async fn run(agent: Arc<Agent>, listen_port: u16) -> Result<(), IronicError> {
+    let Some(mut ironic) = Ironic::new(&agent)? else {
+        tracing::info!("no api_url: running standalone (API only)");
+        return Ok(());
+    };
+    let version = ironic.discover_version().await;
+    tracing::info!("Ironic API version {}.{}", version.0, version.1);
+    let s = agent.settings();
+    let addresses = match s.list("lookup_addresses") {
+        l if l.is_empty() => nic_macs(),
+        l => l,
+    }
+    .join(",");
+    let timeout = s
+        .secs("lookup_timeout")
+        .map_err(|e| IronicError::Config(e.to_string()))?;
+    let interval = s
+        .secs("lookup_interval")
+        .map_err(|e| IronicError::Config(e.to_string()))?;
+    let answer = ironic.lookup(&agent, &addresses, timeout, interval).await?;
+    apply_lookup(&agent, &answer)?;
+    let node_uuid = answer
+        .pointer("/node/uuid")
+        .and_then(Value::as_str)
+        .ok_or_else(|| IronicError::Config("lookup answer has no node uuid".into()))?
+        .to_string();
+    tracing::info!(node = %node_uuid, "lookup succeeded");
+
+    let s = agent.settings();
+    let host = match s.get("advertise_host") {
+        Some(h) => h.to_string(),
+        None => local_address_towards(ironic.first_url())
+            .map(|ip| ip.to_string())
+            .ok_or_else(|| IronicError::Config("cannot find an address to advertise".into()))?,
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let port = s
+        .get("advertise_port")
+        .map(str::to_owned)
+        .unwrap_or_else(|| listen_port.to_string());
+    let proto = s.get("advertise_protocol").unwrap_or("http").to_string();
+    let callback_url = format!("{proto}://{host}:{port}");
+
+    loop {
+        let mut body = json!({"callback_url": callback_url});
+        let v = ironic.version();
+        if v >= (1, 62) {
+            body["agent_token"] = json!(agent.token());
+        }
+        if v >= (1, 36) {
+            body["agent_version"] = json!(super::VERSION);
+        }
+        let ok = ironic.heartbeat(&node_uuid, &body).await;
+        let last = Instant::now();
+        let timeout: f64 = agent
+            .settings()
+            .num("heartbeat_timeout")
+            .ok()
+            .flatten()
+            .unwrap_or(300.0);
+        let wait = if ok {
+            Duration::from_secs_f64(timeout * rand::rng().random_range(0.3..0.6))
+        } else {
+            Duration::from_secs_f64(5.0 * rand::rng().random_range(1.0..2.0))
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = agent.heartbeat_now.notified() => {
+                // Forced heartbeat: at most one per 5 s.
+                let since = last.elapsed();
+                if since < Duration::from_secs(5) {
+                    tokio::time::sleep(Duration::from_secs(5) - since).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("1.115"), Some((1, 115)));
+        assert!((1, 115) > (1, 68));
+        assert_eq!(parse_version("x"), None);
+    }
+
+    #[test]
+    fn loopback_route() {
+        assert_eq!(
+            local_address_towards("http://127.0.0.1:6385"),
+            Some("127.0.0.1".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! The agent: IPA's REST API and the extensions the Ironic conductor drives.
+//!
+//! - [`api`]: HTTP routes and the exact wire shapes;
+//! - [`commands`]: the command engine (ordered results, busy rule, async runner);
+//! - [`extensions`]: command names → bodies (`standby`, `deploy`, `log`);
+//! - [`standby`], [`deploy_steps`], [`log`]: the extensions themselves;
+//! - [`ironic`]: lookup and heartbeat;
+//! - [`power`]: how the machine is rebooted or powered off.
+
+pub mod api;
+pub mod commands;
+pub mod deploy_steps;
+pub mod extensions;
+pub mod ironic;
+pub mod log;
+pub mod power;
+pub mod standby;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use serde_json::Value;
+
+use crate::config::Settings;
+use crate::disk::root;
+use crate::errors::AgentError;
+use crate::image::fetch::FetchConfig;
+
+/// The version rivet reports as `agent_version` and in `/v1/status`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// State the standby extension keeps between commands (memory only, as IPA).
+#[derive(Debug, Default)]
+pub struct StandbyState {
+    /// Id of the last image written through the (non-streaming) cache path.
+    pub cached_image_id: Option<String>,
+    /// What `get_partition_uuids` answers.
+    pub partition_uuids: Option<Value>,
+}
+
+/// The running agent.
+pub struct Agent {
+    settings: RwLock<Settings>,
+    /// The command list.
+    pub engine: commands::Engine,
+    token: RwLock<Option<String>>,
+    node: RwLock<Option<Value>>,
+    standby: Mutex<StandbyState>,
+    power: Box<dyn power::PowerBackend>,
+    /// When the agent started (seconds since the epoch), for `/v1/status`.
+    pub started_at: f64,
+    /// Wakes the heartbeat loop (after every async command).
+    pub heartbeat_now: tokio::sync::Notify,
+    /// Recent log lines, for `log.collect_system_logs`.
+    pub logs: Arc<log::LogBuffer>,
+}
+
+impl Agent {
+    /// An agent with these settings.
+    pub fn new(settings: Settings, logs: Arc<log::LogBuffer>) -> Result<Arc<Agent>, String> {
+        let power = power::backend(
+            settings.get("power_backend").unwrap_or("log"),
+            settings.get("power_log").map(PathBuf::from),
+        )?;
+        let token = settings.get("agent_token").map(str::to_owned);
+        let started_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        Ok(Arc::new(Agent {
+            settings: RwLock::new(settings),
+            engine: commands::Engine::default(),
+            token: RwLock::new(token),
+            node: RwLock::new(None),
+            standby: Mutex::new(StandbyState::default()),
+            power,
+            started_at,
+            heartbeat_now: tokio::sync::Notify::new(),
+            logs,
+        }))
+    }
+
+    /// A copy of the current settings.
+    pub fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a setting Ironic sent at lookup.
+    pub fn set_setting(&self, name: &str, value: &str) {
+        self.settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(name, value);
+    }
+
+    /// Whether `given` is the agent's token. With no token at all, nothing is accepted.
+    pub fn token_ok(&self, given: Option<&str>) -> bool {
+        let t = self.token.read().unwrap_or_else(|p| p.into_inner());
+        matches!((t.as_deref(), given), (Some(a), Some(b)) if a == b)
+    }
+
+    /// Whether the agent holds a token.
+    pub fn has_token(&self) -> bool {
+        self.token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// The token, for heartbeats.
+    pub fn token(&self) -> Option<String> {
+        self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the token (from lookup).
+    pub fn set_token(&self, token: &str) {
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = Some(token.to_string());
+    }
+
+    /// Caches the node Ironic described (lookup, or the `node` param of deploy commands).
+    pub fn cache_node(&self, node: &Value) {
+        if node.is_object() {
+            *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+        }
+    }
+
+    /// The cached node.
+    pub fn node(&self) -> Option<Value> {
+        self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The standby extension's state.
+    pub fn standby(&self) -> MutexGuard<'_, StandbyState> {
+        self.standby.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The power backend.
+    pub fn power(&self) -> &dyn power::PowerBackend {
+        self.power.as_ref()
+    }
+
+    /// Download settings, with Ironic's lookup overrides applied.
+    pub fn fetch_config(&self) -> Result<FetchConfig, AgentError> {
+        self.settings()
+            .fetch_config()
+            .map_err(|e| AgentError::CommandExecution(e.to_string()))
+    }
+
+    /// The install device: `root_device` when set, else chosen from sysfs with the node's
+    /// root device hints (SPEC §9).
+    pub fn root_device(&self) -> Result<PathBuf, AgentError> {
+        if let Some(dev) = self.settings().get("root_device") {
+            return Ok(PathBuf::from(dev));
+        }
+        let node = self.node().unwrap_or(Value::Null);
+        let hints = node
+            .pointer("/instance_info/root_device")
+            .filter(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+            .or_else(|| node.pointer("/properties/root_device"));
+        let skip: Vec<Value> = node
+            .pointer("/properties/skip_block_devices")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let devices = root::list_devices(std::path::Path::new("/sys/block"));
+        root::select(&devices, hints, &skip)
+    }
+}

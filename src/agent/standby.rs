@@ -1,0 +1,226 @@
+//! The standby extension's commands (SPEC §6): `prepare_image`, `run_image`, `power_off`,
+//! `sync`, `get_partition_uuids`, `execute_bootc_install`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::power::PowerAction;
+use super::Agent;
+use crate::deploy::pipeline::{self, DeployOptions};
+use crate::disk::table;
+use crate::errors::AgentError;
+use crate::image::fetch::Progress;
+use crate::image::info::ImageInfo;
+
+/// `_validate_image_info`, run inside the request (400 on failure).
+pub fn validate_image_info(info: &Value, md5_enabled: bool) -> Result<(), AgentError> {
+    if info.is_null() {
+        return Err(AgentError::InvalidCommandParams(
+            "prepare_image() missing required argument 'image_info'".into(),
+        ));
+    }
+    ImageInfo::from_value(info, md5_enabled).map(|_| ())
+}
+
+/// `prepare_image`: writes the image to the install disk, checks the partition table, and
+/// returns IPA's message (`image (<id>) written to device <dev> root_uuid=<uuid>`).
+pub fn prepare_image(
+    agent: &Arc<Agent>,
+    info: Value,
+    configdrive: Option<String>,
+    progress: &Arc<Progress>,
+) -> Result<String, AgentError> {
+    let cfg = agent.fetch_config()?;
+    let info = ImageInfo::from_value(&info, cfg.md5_enabled)?;
+    let configdrive = configdrive.or_else(|| info.configdrive.clone());
+    let device = agent.root_device()?;
+    tracing::info!(image = %info.id, device = %device.display(), "prepare_image");
+
+    let cached = agent.standby().cached_image_id.clone();
+    if cached.as_deref() != Some(info.id.as_str()) {
+        if info.is_partition_image() {
+            return Err(AgentError::ImageWrite(format!(
+                "Writing image to device {} failed: partition images (image_type=partition) \
+                 are not supported by this version of rivet",
+                device.display()
+            )));
+        }
+        let format = info.disk_format.as_deref().unwrap_or("raw");
+        if !matches!(format, "raw" | "gpt") {
+            return Err(AgentError::ImageWrite(format!(
+                "Writing image to device {} failed: disk format '{format}' is not supported \
+                 by this version of rivet (raw only)",
+                device.display()
+            )));
+        }
+        // Raw images always stream (no temporary copy), whatever stream_raw_images says;
+        // like IPA's streaming path, this never sets cached_image_id.
+        let done = pipeline::write_raw_image(
+            &info,
+            &device,
+            &cfg,
+            &DeployOptions::default(),
+            Arc::clone(progress),
+        )?;
+        tracing::info!(
+            "image {} written to {} in {:.1} s",
+            info.id,
+            device.display(),
+            done.elapsed.as_secs_f64()
+        );
+        agent.standby().partition_uuids = Some(json!({}));
+    }
+    validate_partitioning(&device)?;
+    if configdrive.is_some() {
+        return Err(AgentError::Deployment(format!(
+            "Failed to create config drive on disk {} for node {}. Error: config drives are \
+             not supported by this version of rivet",
+            device.display(),
+            info.node_label()
+        )));
+    }
+    let root_uuid = root_uuid(&device);
+    {
+        let mut st = agent.standby();
+        let mut uuids = st.partition_uuids.take().unwrap_or_else(|| json!({}));
+        if let (Some(u), Some(o)) = (&root_uuid, uuids.as_object_mut()) {
+            o.insert("root uuid".into(), json!(u));
+        }
+        st.partition_uuids = Some(uuids);
+    }
+    Ok(format!(
+        "image ({}) written to device {} root_uuid={}",
+        info.id,
+        device.display(),
+        root_uuid.as_deref().unwrap_or("None")
+    ))
+}
+
+/// The MBR disk signature, as IPA's `hexdump` gives it; `None` when unreadable.
+fn root_uuid(device: &Path) -> Option<String> {
+    let f = std::fs::File::open(device).ok()?;
+    table::mbr_disk_signature(&f).ok()
+}
+
+/// `_validate_partitioning`: the disk must hold a readable partition table with at least one
+/// partition (read natively instead of `parted`).
+pub fn validate_partitioning(device: &Path) -> Result<(), AgentError> {
+    let mut f = std::fs::File::open(device).map_err(|e| {
+        AgentError::Deployment(format!(
+            "Unable to find a valid partition table on the disk after writing the image. \
+             Error: cannot open {}: {e}",
+            device.display()
+        ))
+    })?;
+    let count = match gptman::GPT::find_from(&mut f) {
+        Ok(gpt) => gpt.iter().filter(|(_, p)| p.is_used()).count(),
+        Err(_) => match mbrman::MBR::read_from(&mut f, 512) {
+            Ok(mbr) => mbr.iter().filter(|(_, p)| p.is_used()).count(),
+            Err(e) => {
+                return Err(AgentError::Deployment(format!(
+                    "Unable to find a valid partition table on the disk after writing the \
+                     image. The image may be corrupted or it uses a different sector size than \
+                     the device. Error: {e}"
+                )))
+            }
+        },
+    };
+    if count == 0 {
+        return Err(AgentError::Deployment(format!(
+            "No partitions found on the device {} after writing the image.",
+            device.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `get_partition_uuids`: the stored dict, or `{}` before any `prepare_image`.
+pub fn partition_uuids(agent: &Agent) -> Value {
+    match &agent.standby().partition_uuids {
+        Some(v) => v.clone(),
+        None => {
+            tracing::warn!("get_partition_uuids called before prepare_image");
+            json!({})
+        }
+    }
+}
+
+/// `sync`: flush file system buffers (`full_sync`).
+pub fn sync() -> Result<(), AgentError> {
+    rustix::fs::sync();
+    // Dropping caches is best effort (not allowed in every container), as IPA logs only.
+    if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
+        tracing::debug!("drop_caches: {e}");
+    }
+    Ok(())
+}
+
+/// `run_image` / `power_off`: optional clock sync, sync, then the power backend.
+pub fn shutdown(agent: &Agent, action: PowerAction) -> Result<(), AgentError> {
+    let settings = agent.settings();
+    if let Some(ntp) = settings.get("ntp_server") {
+        if let Err(e) = sync_clock(ntp) {
+            if settings.bool("fail_if_clock_not_set").unwrap_or(false) {
+                return Err(e);
+            }
+            tracing::warn!("{e}");
+        }
+    }
+    sync()?;
+    agent.power().act(action)
+}
+
+fn sync_clock(ntp: &str) -> Result<(), AgentError> {
+    let valid = !ntp.is_empty()
+        && ntp.len() <= 253
+        && ntp
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".:_-".contains(c));
+    if !valid {
+        return Err(AgentError::ClockSync(format!("Invalid NTP server: {ntp}")));
+    }
+    let run = |cmd: &str, args: &[&str]| -> Result<(), AgentError> {
+        let out = std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .map_err(|e| AgentError::ClockSync(format!("{cmd}: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(AgentError::ClockSync(format!(
+                "{cmd} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    };
+    if run("chronyc", &["shutdown"]).is_ok() {
+        run("chronyd", &["-q", &format!("server {ntp} iburst")])?;
+    } else {
+        run("ntpdate", &[ntp])?;
+    }
+    run("hwclock", &["-v", "--systohc"])
+}
+
+/// `execute_bootc_install`: honours `disable_bootc_deploy`; the install itself is not in this
+/// version of rivet, and says so.
+pub fn execute_bootc_install(
+    agent: &Agent,
+    image_source: Option<&str>,
+) -> Result<String, AgentError> {
+    if agent
+        .settings()
+        .bool("disable_bootc_deploy")
+        .unwrap_or(false)
+    {
+        return Err(AgentError::CommandExecution(
+            "The bootc deploy interface is administratively disable. Deployment cannot proceed."
+                .into(),
+        ));
+    }
+    Err(AgentError::CommandExecution(format!(
+        "execute_bootc_install of {} is not implemented in this version of rivet",
+        image_source.unwrap_or("<no image_source>")
+    )))
+}
