@@ -153,7 +153,13 @@ impl Agent {
     /// root device hints (SPEC §9).
     pub fn root_device(&self) -> Result<PathBuf, AgentError> {
         if let Some(dev) = self.settings().get("root_device") {
-            return Ok(PathBuf::from(dev));
+            let p = PathBuf::from(dev);
+            if !p.exists() {
+                return Err(AgentError::DeviceNotFound(format!(
+                    "The configured root device {dev} does not exist"
+                )));
+            }
+            return Ok(p);
         }
         let node = self.node().unwrap_or(Value::Null);
         let hints = node

@@ -185,6 +185,9 @@ fn run_once(
             Err(e) => return fail(e),
         }
     }
+    if let Err(e) = target.clear_stale_tail(bytes) {
+        return fail(write_error(info, target.path(), &e));
+    }
     let gpt = if target.capacity().is_some_and(|c| c > bytes) {
         // IPA swallows GPT fix failures on this path; so do we, loudly.
         table::relocate_backup_gpt(target.file()).unwrap_or_else(|e| {

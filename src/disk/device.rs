@@ -153,6 +153,21 @@ impl Target {
         self.file.sync_data()
     }
 
+    /// Zeroes the end-of-disk table area beyond an image of `image_len` bytes, so that a
+    /// backup GPT left by an earlier image cannot be found (and "restored") later.
+    pub fn clear_stale_tail(&self, image_len: u64) -> io::Result<()> {
+        let Some(end) = self.capacity else {
+            return Ok(());
+        };
+        let start = end.saturating_sub(TABLE_AREA).max(image_len);
+        if start >= end {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (end - start) as usize];
+        self.file.write_all_at(&zeros, start)?;
+        self.file.sync_data()
+    }
+
     /// Asks the kernel to re-read the partition table (BLKRRPART), retrying while busy, then
     /// waits for udev when it runs. Failures are logged: the image is already written.
     pub fn rescan(&self) {
