@@ -122,9 +122,16 @@ struct DeployArgs {
     /// or the URL of a checksum file.
     #[arg(long, value_name = "HEX|URL")]
     checksum: Option<String>,
-    /// Disk format of the image. Only `raw` is written by this version.
-    #[arg(long, value_name = "FORMAT", default_value = "raw")]
-    disk_format: String,
+    /// Disk format Ironic would declare (raw, qcow2, ...); detected from the bytes when absent,
+    /// and a mismatch with the bytes is refused.
+    #[arg(long, value_name = "FORMAT")]
+    disk_format: Option<String>,
+    /// Formats allowed (IPA's permitted_image_formats).
+    #[arg(long, value_name = "LIST", default_value = "raw,gpt,qcow2")]
+    permitted_image_formats: String,
+    /// Directory for the temporary copy of images that cannot stream.
+    #[arg(long, value_name = "DIR")]
+    tmp_dir: Option<PathBuf>,
     /// Image id used in messages (default: the file name of the first URL).
     #[arg(long, value_name = "ID")]
     image_id: Option<String>,
@@ -235,16 +242,20 @@ fn deploy(a: DeployArgs) -> anyhow::Result<()> {
         }
         None => info_from_flags(&a, cfg.md5_enabled)?,
     };
-    let format = info.disk_format.as_deref().unwrap_or("raw");
-    if !matches!(format, "raw" | "gpt") {
-        anyhow::bail!(
-            "disk format '{format}' is not supported by this version of rivet deploy \
-             (raw only; qcow2 and the other formats are not implemented yet)"
-        );
-    }
     let opts = DeployOptions {
         verify_readback: a.verify_readback,
         direct_io: !a.no_direct,
+        policy: rivet::deploy::decode::FormatPolicy {
+            disk_format: info.disk_format.clone(),
+            permitted: a
+                .permitted_image_formats
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            ..Default::default()
+        },
+        tmp_dir: a.tmp_dir.clone(),
     };
     let done = run_with_progress(&info, &a.device, &cfg, &opts)?;
     report(&info, &done);
@@ -263,10 +274,12 @@ fn info_from_flags(a: &DeployArgs, md5: bool) -> anyhow::Result<ImageInfo> {
     let mut v = serde_json::json!({
         "id": id,
         "urls": a.urls,
-        "disk_format": a.disk_format,
         "stream_raw_images": true,
     });
     let o = v.as_object_mut().context("image_info is an object")?;
+    if let Some(f) = &a.disk_format {
+        o.insert("disk_format".into(), f.clone().into());
+    }
     if let Some(c) = &a.checksum {
         o.insert("checksum".into(), c.clone().into());
     }
@@ -297,7 +310,7 @@ fn run_with_progress(
         let p = Arc::clone(&progress);
         std::thread::spawn(move || watch(&p, &done_rx))
     };
-    let res = pipeline::write_raw_image(info, device, cfg, opts, progress);
+    let res = pipeline::write_image(info, device, cfg, opts, progress);
     drop(done_tx);
     let _ = watcher.join();
     Ok(res?)
@@ -346,7 +359,7 @@ fn watch(p: &Progress, done: &std::sync::mpsc::Receiver<()>) {
 fn report(info: &ImageInfo, d: &Deployed) {
     let secs = d.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "rivet: image {} written to {} and verified: {} bytes from {} in {:.2} s ({:.0} MB/s), {} {}",
+        "rivet: image {} written to {} and verified: {} bytes from {} in {:.2} s ({:.0} MB/s), {} {} ({:?})",
         info.id,
         d.device.display(),
         d.bytes,
@@ -354,7 +367,8 @@ fn report(info: &ImageInfo, d: &Deployed) {
         secs,
         d.bytes as f64 / 1e6 / secs,
         d.algo,
-        d.digest
+        d.digest,
+        d.path
     );
 }
 
@@ -405,7 +419,10 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     };
     let done = run_with_progress(&info, &disk, &cfg, &DeployOptions::default())?;
     report(&info, &done);
-    println!("rivet demo: backup GPT: {:?}", done.gpt);
+    println!(
+        "rivet demo: backup GPT: {:?}; path: {:?}",
+        done.gpt, done.path
+    );
     if a.dir.is_none() {
         std::fs::remove_dir_all(&dir)?;
     }

@@ -170,10 +170,9 @@ fn failures_exit_non_zero_with_one_line_naming_the_error() {
         "qcow2",
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        last_stderr_line(&o).contains("disk format 'qcow2' is not supported"),
-        "{}",
-        last_stderr_line(&o)
+    assert_eq!(
+        last_stderr_line(&o),
+        "rivet: InvalidImage: Security: Expected format was qcow2, but image was actually raw"
     );
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{bytes, digest, sha256, Route, Server};
-use rivet::deploy::pipeline::{write_raw_image, DeployOptions, Deployed};
+use rivet::deploy::pipeline::{write_image, DeployOptions, Deployed};
 use rivet::errors::{AgentError, Result};
 use rivet::image::fetch::{FetchConfig, Progress};
 use rivet::image::info::ImageInfo;
@@ -38,7 +38,7 @@ fn sha_info(urls: &[String], data: &[u8]) -> ImageInfo {
 fn run(i: &ImageInfo, target: &Path, c: &FetchConfig) -> (Result<Deployed>, Arc<Progress>) {
     let p = Arc::new(Progress::default());
     (
-        write_raw_image(i, target, c, &DeployOptions::default(), p.clone()),
+        write_image(i, target, c, &DeployOptions::default(), p.clone()),
         p,
     )
 }

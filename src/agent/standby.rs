@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::power::PowerAction;
 use super::Agent;
+use crate::deploy::decode::FormatPolicy;
 use crate::deploy::pipeline::{self, DeployOptions};
 use crate::disk::table;
 use crate::errors::AgentError;
@@ -47,23 +48,22 @@ pub fn prepare_image(
                 device.display()
             )));
         }
-        let format = info.disk_format.as_deref().unwrap_or("raw");
-        if !matches!(format, "raw" | "gpt") {
-            return Err(AgentError::ImageWrite(format!(
-                "Writing image to device {} failed: disk format '{format}' is not supported \
-                 by this version of rivet (raw only)",
-                device.display()
-            )));
-        }
-        // Raw images always stream (no temporary copy), whatever stream_raw_images says;
+        // Raw and qcow2 images stream (no temporary copy), whatever stream_raw_images says;
         // like IPA's streaming path, this never sets cached_image_id.
-        let done = pipeline::write_raw_image(
-            &info,
-            &device,
-            &cfg,
-            &DeployOptions::default(),
-            Arc::clone(progress),
-        )?;
+        let settings = agent.settings();
+        let opts = DeployOptions {
+            policy: FormatPolicy {
+                disk_format: info.disk_format.clone(),
+                permitted: settings.list("permitted_image_formats"),
+                deep: !settings
+                    .bool("disable_deep_image_inspection")
+                    .unwrap_or(false),
+                ..FormatPolicy::default()
+            },
+            tmp_dir: settings.get("image_tmp_dir").map(Into::into),
+            ..DeployOptions::default()
+        };
+        let done = pipeline::write_image(&info, &device, &cfg, &opts, Arc::clone(progress))?;
         tracing::info!(
             "image {} written to {} in {:.1} s",
             info.id,

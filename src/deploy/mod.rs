@@ -1,3 +1,5 @@
 //! Deploying an image: the data path from the network to the disk.
 
+pub mod decode;
 pub mod pipeline;
+pub mod tempfile_path;

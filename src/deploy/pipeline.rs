@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! HTTP body (ImageDownload: retries, Range resume) ──Bytes──► hash thread ──► digest
-//!                                                  └─Bytes──► writer thread ──► I/O thread ──► disk
+//!                                                  └─Bytes──► decode thread ──► I/O thread ──► disk
 //! ```
+//! The decode thread sniffs the format from the first bytes: raw goes to the disk as it is,
+//! qcow2 is converted on the fly; what cannot stream takes the temp-file path
+//! ([`super::tempfile_path`]).
 //! The network, the hash and the disk each run on their own thread, joined by bounded queues
 //! of reference-counted `Bytes` (no copy of the payload between stages), so a deploy takes as
 //! long as its slowest stage, not the sum of them. The first MiB of the disk is written only
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::decode::{DecodeError, Decoder, FormatPolicy, WritePath};
 use crate::disk::device::Target;
 use crate::disk::table::{self, GptFix};
 use crate::disk::writer::DiskWriter;
@@ -37,6 +41,10 @@ pub struct DeployOptions {
     pub verify_readback: bool,
     /// Use `O_DIRECT` for bulk writes to block devices.
     pub direct_io: bool,
+    /// Format rules.
+    pub policy: FormatPolicy,
+    /// Where the temp-file path keeps its copy (default: the system's temp dir, as IPA).
+    pub tmp_dir: Option<PathBuf>,
 }
 
 impl Default for DeployOptions {
@@ -44,6 +52,8 @@ impl Default for DeployOptions {
         DeployOptions {
             verify_readback: false,
             direct_io: true,
+            policy: FormatPolicy::default(),
+            tmp_dir: None,
         }
     }
 }
@@ -63,17 +73,31 @@ pub struct Deployed {
     pub digest: String,
     /// What happened to the backup GPT.
     pub gpt: GptFix,
+    /// How the image reached the disk.
+    pub path: WritePath,
     /// Wall time of the whole deploy.
     pub elapsed: Duration,
 }
 
 enum Msg {
     Data(Bytes),
+    /// The server announced the length of the download.
+    Len(u64),
     Reset,
 }
 
-/// Downloads `info`'s image, verifies it and writes it bit for bit onto `device`.
-pub fn write_raw_image(
+/// What one pass produced.
+pub(super) struct Written {
+    pub(super) url: String,
+    pub(super) bytes: u64,
+    pub(super) digest: String,
+    pub(super) gpt: GptFix,
+    pub(super) path: WritePath,
+}
+
+/// Downloads `info`'s image, verifies it and writes it onto `device` (raw as it is, qcow2
+/// converted on the fly, other formats through the temp-file path).
+pub fn write_image(
     info: &ImageInfo,
     device: &Path,
     cfg: &FetchConfig,
@@ -96,14 +120,15 @@ pub fn write_raw_image(
                 std::thread::sleep(cfg.retry_interval);
             }
             Err(e) => return Err(e),
-            Ok((url, bytes, digest, gpt)) => {
+            Ok(w) => {
                 return Ok(Deployed {
                     device: device.to_owned(),
-                    url,
-                    bytes,
+                    url: w.url,
+                    bytes: w.bytes,
                     algo: expected.algo,
-                    digest,
-                    gpt,
+                    digest: w.digest,
+                    gpt: w.gpt,
+                    path: w.path,
                     elapsed: started.elapsed(),
                 })
             }
@@ -117,7 +142,7 @@ fn run_once(
     target: &Arc<Target>,
     expected: &Expected,
     opts: &DeployOptions,
-) -> Result<(String, u64, String, GptFix)> {
+) -> Result<Written> {
     let progress = Arc::clone(dl.progress());
     let (hash_tx, hash_rx) = mpsc::sync_channel(QUEUE);
     let (write_tx, write_rx) = mpsc::sync_channel(QUEUE);
@@ -128,26 +153,36 @@ fn run_once(
     .map_err(|e| write_error(info, target.path(), &e))?;
     let writer = DiskWriter::new(Arc::clone(target), Arc::clone(&progress))
         .map_err(|e| write_error(info, target.path(), &e))?;
-    let writer = spawn("rivet-write", move || write_loop(writer, write_rx))
+    let decoder = Decoder::new(
+        writer,
+        opts.policy.clone(),
+        target.capacity(),
+        target.path().display().to_string(),
+        info.id.clone(),
+    );
+    let writer = spawn("rivet-decode", move || write_loop(decoder, write_rx))
         .map_err(|e| write_error(info, target.path(), &e))?;
+    // Content-Length can be held against the device only when the bytes are the disk.
+    let declared_raw = matches!(opts.policy.disk_format.as_deref(), Some("raw" | "gpt"));
 
     let mut sink = FanOut {
         hash: hash_tx,
         write: write_tx,
-        capacity: target.capacity(),
+        capacity: target.capacity().filter(|_| declared_raw),
         device: target.path().display().to_string(),
         image_id: info.id.clone(),
         received: 0,
         consumer_gone: false,
     };
     let downloaded = dl.run(&mut sink);
-    let (received, consumer_gone) = (sink.received, sink.consumer_gone);
+    let consumer_gone = sink.consumer_gone;
     drop(sink);
     let digest = hasher.join().map_err(|_| panicked(info, "hash"))?;
     let written = writer.join().map_err(|_| panicked(info, "write"))?;
 
+    // Only what reached the disk needs wiping: a refusal before the first write loses nothing.
     let fail = |e: AgentError| {
-        if received > 0 {
+        if progress.bytes_written() > 0 {
             tracing::warn!("wiping the partition tables of {}", target.path().display());
             if let Err(w) = target.wipe_tables() {
                 tracing::error!("could not wipe {}: {w}", target.path().display());
@@ -155,23 +190,36 @@ fn run_once(
         }
         Err(e)
     };
-    let writer = match (downloaded, written) {
-        (Err(_), Err(io)) if consumer_gone => return fail(write_error(info, target.path(), &io)),
-        (Err(e), _) => return fail(e),
-        (Ok(_), Err(io)) => return fail(write_error(info, target.path(), &io)),
-        (Ok(url), Ok(w)) => (url, w),
+    let decode_failure = |e: DecodeError| match e {
+        DecodeError::Refused(e) => Err(e),
+        DecodeError::Io(io) => Err(write_error(info, target.path(), &io)),
+        DecodeError::Fallback { format, why } => Ok((format, why)),
     };
-    let (url, writer) = writer;
+    let (url, writer, path) = match (downloaded, written) {
+        (Err(_), Err(e)) if consumer_gone => match decode_failure(e) {
+            Err(e) => return fail(e),
+            Ok((format, why)) => {
+                tracing::warn!("{why}: falling back to the temp-file path");
+                return super::tempfile_path::deploy(dl, info, target, expected, opts, format);
+            }
+        },
+        (Err(e), _) => return fail(e),
+        (Ok(_), Err(e)) => match decode_failure(e) {
+            Err(e) => return fail(e),
+            Ok((format, why)) => {
+                tracing::warn!("{why}: falling back to the temp-file path");
+                return super::tempfile_path::deploy(dl, info, target, expected, opts, format);
+            }
+        },
+        (Ok(url), Ok((w, path))) => (url, w, path),
+    };
     if !expected.matches(&digest) {
         drop(writer);
         return fail(checksum_error(info, target.path(), &digest, expected));
     }
-    let bytes = writer
-        .commit()
-        .map_err(|e| write_error(info, target.path(), &e));
-    let bytes = match bytes {
+    let bytes = match writer.commit() {
         Ok(b) => b,
-        Err(e) => return fail(e),
+        Err(e) => return fail(write_error(info, target.path(), &e)),
     };
     if opts.verify_readback {
         let again = readback_digest(target, bytes, expected.algo)
@@ -185,9 +233,27 @@ fn run_once(
             Err(e) => return fail(e),
         }
     }
-    if let Err(e) = target.clear_stale_tail(bytes) {
-        return fail(write_error(info, target.path(), &e));
-    }
+    let gpt = match finish_disk(target, bytes) {
+        Ok(g) => g,
+        Err(e) => return fail(write_error(info, target.path(), &e)),
+    };
+    tracing::info!(
+        image = %info.id, device = %target.path().display(), bytes, digest = %digest,
+        ?gpt, ?path, "image written and verified"
+    );
+    Ok(Written {
+        url,
+        bytes,
+        digest,
+        gpt,
+        path,
+    })
+}
+
+/// After an image of `bytes` bytes landed: clear a stale backup GPT beyond it, move the
+/// image's backup GPT to the end of the disk, and let the kernel re-read the table.
+pub(super) fn finish_disk(target: &Target, bytes: u64) -> std::io::Result<GptFix> {
+    target.clear_stale_tail(bytes)?;
     let gpt = if target.capacity().is_some_and(|c| c > bytes) {
         // IPA swallows GPT fix failures on this path; so do we, loudly.
         table::relocate_backup_gpt(target.file()).unwrap_or_else(|e| {
@@ -198,11 +264,7 @@ fn run_once(
         GptFix::AlreadyAtEnd
     };
     target.rescan();
-    tracing::info!(
-        image = %info.id, device = %target.path().display(), bytes, digest = %digest,
-        ?gpt, "image written and verified"
-    );
-    Ok((url, bytes, digest, gpt))
+    Ok(gpt)
 }
 
 fn spawn<T: Send + 'static>(
@@ -218,20 +280,21 @@ fn hash_loop(algo: Algorithm, rx: Receiver<Msg>) -> String {
         match msg {
             Msg::Data(b) => h.update(&b),
             Msg::Reset => h.reset(),
+            Msg::Len(_) => {}
         }
     }
     h.hex_digest()
 }
 
-fn write_loop(mut w: DiskWriter, rx: Receiver<Msg>) -> std::io::Result<DiskWriter> {
+fn write_loop(mut d: Decoder, rx: Receiver<Msg>) -> Result<(DiskWriter, WritePath), DecodeError> {
     for msg in rx {
         match msg {
-            Msg::Data(b) => w.push(&b)?,
-            Msg::Reset => w.reset(),
+            Msg::Data(b) => d.push(&b)?,
+            Msg::Len(n) => d.expect_len(n),
+            Msg::Reset => d.reset(),
         }
     }
-    w.finish()?;
-    Ok(w)
+    d.finish()
 }
 
 /// Hashes `len` bytes from the start of the target again, bypassing the page cache when the
@@ -300,7 +363,13 @@ impl Sink for FanOut {
     fn expect_len(&mut self, len: u64) -> Result<()> {
         match self.capacity {
             Some(cap) if len > cap => Err(self.too_big(len, cap)),
-            _ => Ok(()),
+            _ => {
+                if self.write.send(Msg::Len(len)).is_err() {
+                    self.consumer_gone = true;
+                    return Err(AgentError::download(&self.image_id, "the writer stopped"));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -319,7 +388,7 @@ impl Sink for FanOut {
     }
 }
 
-fn write_error(info: &ImageInfo, device: &Path, e: &std::io::Error) -> AgentError {
+pub(super) fn write_error(info: &ImageInfo, device: &Path, e: &std::io::Error) -> AgentError {
     let msg = format!(
         "Unable to write image to device {}. Error: {e}",
         device.display()
@@ -331,7 +400,12 @@ fn write_error(info: &ImageInfo, device: &Path, e: &std::io::Error) -> AgentErro
     }
 }
 
-fn checksum_error(info: &ImageInfo, location: &Path, actual: &str, exp: &Expected) -> AgentError {
+pub(super) fn checksum_error(
+    info: &ImageInfo,
+    location: &Path,
+    actual: &str,
+    exp: &Expected,
+) -> AgentError {
     AgentError::ImageChecksum {
         location: location.display().to_string(),
         image_id: info.id.clone(),

@@ -153,6 +153,48 @@ impl Target {
         self.file.sync_data()
     }
 
+    /// Makes `[start, end)` read as zeros: the device zeroes it itself where it can
+    /// (BLKZEROOUT on block devices, a punched hole in files), else zero buffers are written.
+    /// Old data must never show through a hole of a sparse image.
+    pub fn zero(&self, start: u64, end: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        if end <= start {
+            return Ok(());
+        }
+        let len = end - start;
+        let done = if self.block {
+            // BLKZEROOUT = _IO(0x12, 127), argument: [start, len] in bytes.
+            const BLKZEROOUT: libc::c_ulong = 0x127f;
+            let range = [start, len];
+            let aligned =
+                start.is_multiple_of(self.sector_size) && len.is_multiple_of(self.sector_size);
+            // SAFETY: the ioctl reads two u64 from `range`, which lives across the call.
+            aligned
+                && unsafe { libc::ioctl(self.file.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) }
+                    == 0
+        } else {
+            rustix::fs::fallocate(
+                &self.file,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                start,
+                len,
+            )
+            .is_ok()
+                && self.file.metadata()?.len() >= end
+        };
+        if done {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (len.min(4 << 20)) as usize];
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(zeros.len());
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     /// Zeroes the end-of-disk table area beyond an image of `image_len` bytes, so that a
     /// backup GPT left by an earlier image cannot be found (and "restored") later.
     pub fn clear_stale_tail(&self, image_len: u64) -> io::Result<()> {

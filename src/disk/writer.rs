@@ -47,17 +47,27 @@ impl AlignedBuf {
     }
 }
 
-struct Job {
-    buf: AlignedBuf,
-    len: usize,
-    at: u64,
+enum Job {
+    Write {
+        buf: AlignedBuf,
+        len: usize,
+        at: u64,
+    },
+    Zero {
+        start: u64,
+        end: u64,
+    },
 }
 
 /// Streams an image onto a [`Target`].
 pub struct DiskWriter {
     target: Arc<Target>,
     progress: Arc<Progress>,
+    /// The held-back first MiB (zero-filled: unwritten guest ranges there must read as zeros).
     head: Vec<u8>,
+    /// How much of `head` the image covers.
+    head_len: usize,
+    /// End of the highest byte written (the image's length so far).
     received: u64,
     cur: Option<AlignedBuf>,
     fill: usize,
@@ -85,7 +95,8 @@ impl DiskWriter {
         Ok(DiskWriter {
             target,
             progress,
-            head: Vec::with_capacity(TABLE_AREA as usize),
+            head: vec![0u8; TABLE_AREA as usize],
+            head_len: 0,
             received: 0,
             cur: Some(AlignedBuf::new(WRITE_SIZE)),
             fill: 0,
@@ -101,13 +112,31 @@ impl DiskWriter {
         self.received
     }
 
-    /// Appends the next bytes of the image.
-    pub fn push(&mut self, mut data: &[u8]) -> io::Result<()> {
-        if self.received < TABLE_AREA {
-            let take = ((TABLE_AREA - self.received) as usize).min(data.len());
-            self.head.extend_from_slice(&data[..take]);
-            self.received += take as u64;
+    /// Appends the next bytes of the image (raw images: the stream is the disk).
+    pub fn push(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_at(self.received, data)
+    }
+
+    /// Writes `data` at byte `off` of the disk. Sequential writes are gathered into 4 MiB
+    /// buffers; a jump starts a new buffer.
+    pub fn write_at(&mut self, mut off: u64, mut data: &[u8]) -> io::Result<()> {
+        self.received = self.received.max(off + data.len() as u64);
+        if off < TABLE_AREA {
+            let take = ((TABLE_AREA - off) as usize).min(data.len());
+            let o = off as usize;
+            self.head[o..o + take].copy_from_slice(&data[..take]);
+            self.head_len = self.head_len.max(o + take);
+            off += take as u64;
             data = &data[take..];
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if off != self.buf_at + self.fill as u64 {
+            if self.fill > 0 {
+                self.submit()?;
+            }
+            self.buf_at = off;
         }
         while !data.is_empty() {
             let buf = match self.cur.as_mut() {
@@ -120,7 +149,6 @@ impl DiskWriter {
             let take = (WRITE_SIZE - self.fill).min(data.len());
             buf.slice_mut()[self.fill..self.fill + take].copy_from_slice(&data[..take]);
             self.fill += take;
-            self.received += take as u64;
             data = &data[take..];
             if self.fill == WRITE_SIZE {
                 self.submit()?;
@@ -129,9 +157,34 @@ impl DiskWriter {
         Ok(())
     }
 
+    /// Makes `[start, end)` of the disk read as zeros (holes of a sparse image), in order with
+    /// the writes. The held-back head is zero-filled already.
+    pub fn zero_range(&mut self, start: u64, end: u64) -> io::Result<()> {
+        if start < TABLE_AREA {
+            // The head is zero-filled: it only has to be written out that far.
+            self.head_len = self.head_len.max(end.min(TABLE_AREA) as usize);
+        }
+        let start = start.max(TABLE_AREA);
+        if start >= end {
+            return Ok(());
+        }
+        self.received = self.received.max(end);
+        if self.fill > 0 {
+            self.submit()?;
+        }
+        self.buf_at = end;
+        match &self.jobs {
+            Some(tx) => tx
+                .send(Job::Zero { start, end })
+                .map_err(|_| self.io_failed()),
+            None => Err(io::Error::other("writer already finished")),
+        }
+    }
+
     /// The image restarts from byte 0.
     pub fn reset(&mut self) {
-        self.head.clear();
+        self.head.fill(0);
+        self.head_len = 0;
         self.received = 0;
         self.fill = 0;
         self.buf_at = TABLE_AREA;
@@ -141,7 +194,7 @@ impl DiskWriter {
         let Some(buf) = self.cur.take() else {
             return Ok(());
         };
-        let job = Job {
+        let job = Job::Write {
             buf,
             len: self.fill,
             at: self.buf_at,
@@ -178,14 +231,14 @@ impl DiskWriter {
     pub fn commit(mut self) -> io::Result<u64> {
         self.finish()?;
         let sector = self.target.sector_size() as usize;
-        let head_len = self.head.len();
+        let head_len = self.head_len;
         match self.target.direct() {
             Some(d) if head_len.is_multiple_of(sector) && head_len > 0 => {
                 let mut b = AlignedBuf::new(head_len);
-                b.slice_mut()[..head_len].copy_from_slice(&self.head);
+                b.slice_mut()[..head_len].copy_from_slice(&self.head[..head_len]);
                 d.write_all_at(b.slice(head_len), 0)?;
             }
-            _ => self.target.file().write_all_at(&self.head, 0)?,
+            _ => self.target.file().write_all_at(&self.head[..head_len], 0)?,
         }
         self.progress.add_written(head_len as u64);
         self.target.sync()?;
@@ -208,17 +261,26 @@ fn io_loop(
     jobs: Receiver<Job>,
     free: SyncSender<AlignedBuf>,
 ) -> io::Result<()> {
-    let sector = target.sector_size() as usize;
+    let sector = target.sector_size();
     for job in jobs {
-        let data = job.buf.slice(job.len);
-        let fd: &File = match target.direct() {
-            Some(d) if job.len.is_multiple_of(sector) => d,
-            _ => target.file(),
-        };
-        fd.write_all_at(data, job.at)?;
-        progress.add_written(job.len as u64);
-        // The copier may have stopped wanting buffers (reset or failure): that's fine.
-        let _ = free.try_send(job.buf);
+        match job {
+            Job::Write { buf, len, at } => {
+                let fd: &File = match target.direct() {
+                    Some(d) if (len as u64).is_multiple_of(sector) && at.is_multiple_of(sector) => {
+                        d
+                    }
+                    _ => target.file(),
+                };
+                fd.write_all_at(buf.slice(len), at)?;
+                progress.add_written(len as u64);
+                // The copier may have stopped wanting buffers (reset or failure): that's fine.
+                let _ = free.try_send(buf);
+            }
+            Job::Zero { start, end } => {
+                target.zero(start, end)?;
+                progress.add_written(end - start);
+            }
+        }
     }
     Ok(())
 }
@@ -249,6 +311,31 @@ mod tests {
         let on_disk = std::fs::read(&p).unwrap();
         assert_eq!(&on_disk[..img.len()], &img[..]);
         assert!(on_disk[img.len()..].iter().all(|&b| b == 0xAA));
+    }
+
+    #[test]
+    fn random_writes_and_zero_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk");
+        std::fs::write(&p, vec![0xAAu8; 16 << 20]).unwrap();
+        let t = Arc::new(Target::open(&p, true).unwrap());
+        let mut w = DiskWriter::new(t, Arc::default()).unwrap();
+        w.write_at(8 << 20, &[1u8; 65536]).unwrap();
+        w.write_at(4096, &[2u8; 512]).unwrap();
+        w.write_at((2 << 20) - 100, &[3u8; 200]).unwrap();
+        w.zero_range(0, 8 << 20).unwrap();
+        w.zero_range((8 << 20) + 65536, 12 << 20).unwrap();
+        assert_eq!(w.commit().unwrap(), 12 << 20);
+        let d = std::fs::read(&p).unwrap();
+        assert!(d[..4096].iter().all(|&b| b == 0));
+        assert!(d[4096..4608].iter().all(|&b| b == 2));
+        assert!(
+            d[(2 << 20) - 100..(2 << 20) + 100].iter().all(|&b| b == 0),
+            "zeroed after"
+        );
+        assert!(d[8 << 20..(8 << 20) + 65536].iter().all(|&b| b == 1));
+        assert!(d[(8 << 20) + 65536..12 << 20].iter().all(|&b| b == 0));
+        assert!(d[12 << 20..].iter().all(|&b| b == 0xAA));
     }
 
     #[test]

@@ -2,4 +2,5 @@
 
 pub mod checksum;
 pub mod fetch;
+pub mod format;
 pub mod info;

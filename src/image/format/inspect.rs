@@ -1,0 +1,1281 @@
+//! The format inspector: what an image really is, decided from its first bytes, and whether it
+//! is safe to hand to a converter (SPEC §8.2).
+//!
+//! Why this exists: `qemu-img` follows pointers that an image carries — a qcow2 backing file or
+//! external data file, a VMDK descriptor naming extent files — so a crafted image can make the
+//! converter read files on the agent (the config drive, `/etc/shadow`) and write them to the
+//! disk (Ironic bug 2071740). IPA therefore runs oslo.utils' `format_inspector` over every
+//! image it does not trust, and refuses what it cannot vouch for.
+//!
+//! Why it is hand-written: the format crates parse a format you already know; none sniffs ten
+//! formats at once with oslo's notion of a match, and none applies oslo's safety rules or gives
+//! IPA's verdicts. The rules are small, so they live here, std only, over a byte slice: rivet
+//! keeps the first [`INSPECT_LEN`] bytes of the image (while streaming, or from the temp file)
+//! and decides from those alone. The name or Content-Type of the image never counts.
+//!
+//! As oslo does:
+//! - every format is probed on its own; `raw` is what is left when nothing else matches;
+//! - two or more matches are refused: one header hiding behind another (an ISO that also
+//!   carries a boot MBR — "hybrid" ISOs — is the common honest case, and is refused too);
+//! - `gpt` means "has an MBR boot signature and is not a FAT boot sector", so a plain MBR disk
+//!   is `gpt` as well; its safety check is the MBR partition-entry sanity check;
+//! - qcow2: version 2 or 3, no backing file, no external data file bit, no unknown incompatible
+//!   feature bits (extended L2 counts as unknown, as in oslo); vmdk: only `monolithicSparse`
+//!   and `streamOptimized`, descriptor lines of known kinds, extents without `/`; a footer
+//!   ("grain directory at end") must agree with the header; qed is always refused; luks must
+//!   be version 1; vhd, vhdx, vdi and iso have nothing to check.
+//!
+//! Where rivet is stricter than oslo, on purpose:
+//! - a magic number followed by too few bytes for its header is "Unable to safety check" (oslo
+//!   falls back to raw for some formats and to an error for others);
+//! - qcow2 also refuses encryption, the external-data-file header extension, a cluster size
+//!   outside 512 B..2 MiB, a virtual size over 2^55, and an L1 table too small for the virtual
+//!   size or larger than qemu's limit (32 MiB of entries);
+//! - a VMDK text descriptor file is always refused: alone it is never a usable image, and
+//!   every extent it names is another file on the agent. A sparse VMDK whose descriptor is not
+//!   at sector 1, or whose version is unknown, is refused (oslo drops to raw); its extents
+//!   must be `SPARSE` (the sparse file itself) or `ZERO` (no file), never FLAT/VMFS/....
+//!
+//! The contract on `head`: it holds the first `min(INSPECT_LEN, image size)` bytes, so a head
+//! shorter than [`INSPECT_LEN`] is the whole image. One check needs the *end* of the image (the
+//! VMDK footer); for images longer than the head, callers run [`check_tail`] once the image is
+//! complete and before converting it.
+
+use std::fmt;
+
+use crate::errors::AgentError;
+
+/// How many leading bytes of an image the inspector looks at: enough for every header it knows,
+/// including the largest VMDK descriptor qemu accepts (1 MiB − 1 at offset 512) and the ISO 9660
+/// volume descriptor at 32 KiB, so that a full head never leaves a decision open.
+pub const INSPECT_LEN: usize = (1 << 20) + 512;
+
+/// How many trailing bytes of an image [`check_tail`] needs (VMDK footer marker, footer, and
+/// end-of-stream marker, one sector each).
+pub const TAIL_LEN: usize = 3 * 512;
+
+const MSG_UNABLE: &str = "Security: Unable to safety check image";
+const MSG_MULTIPLE: &str = "Security: Image matched multiple potential formats";
+const MSG_UNSAFE: &str = "Security: Image failed safety check";
+
+/// An image format, named as oslo.utils' format inspector (and so IPA and Ironic) names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Nothing else matched: the bytes are the disk.
+    Raw,
+    /// A disk with an MBR boot signature (protective MBR of a GPT disk, or a plain MBR disk).
+    Gpt,
+    /// QEMU copy-on-write v2/v3.
+    Qcow2,
+    /// VMware VMDK (sparse extent with embedded descriptor, or a text descriptor file).
+    Vmdk,
+    /// Microsoft VHD (qemu's "vpc"), dynamic: footer copy at offset 0.
+    Vhd,
+    /// Microsoft VHDX.
+    Vhdx,
+    /// VirtualBox VDI.
+    Vdi,
+    /// QEMU enhanced disk (always refused).
+    Qed,
+    /// ISO 9660 / UDF.
+    Iso,
+    /// LUKS encrypted volume.
+    Luks,
+}
+
+impl Format {
+    /// Every format, in the order [`Format::from_name`] looks them up.
+    pub const ALL: [Format; 10] = [
+        Format::Raw,
+        Format::Gpt,
+        Format::Qcow2,
+        Format::Vmdk,
+        Format::Vhd,
+        Format::Vhdx,
+        Format::Vdi,
+        Format::Qed,
+        Format::Iso,
+        Format::Luks,
+    ];
+
+    /// The name IPA reports and compares with `disk_format` and `permitted_image_formats`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Gpt => "gpt",
+            Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vhd => "vhd",
+            Format::Vhdx => "vhdx",
+            Format::Vdi => "vdi",
+            Format::Qed => "qed",
+            Format::Iso => "iso",
+            Format::Luks => "luks",
+        }
+    }
+
+    /// The format with this exact (lower-case) name, if rivet knows it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|f| f.name() == name)
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the inspector found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inspection {
+    /// The detected (or, for trusted raw/gpt, declared) format.
+    pub format: Format,
+    /// The disk size the image describes, when its header says so; `None` for raw and gpt
+    /// (the size is the file's) and for formats whose size is not read here (vhdx, qed, luks).
+    pub virtual_size: Option<u64>,
+}
+
+/// Detects the format of `head` (the first bytes of the image; shorter than [`INSPECT_LEN`]
+/// only when that is the whole image) and runs oslo's safety checks, as IPA's deep inspection
+/// does. Errors are `InvalidImage` with IPA's texts.
+pub fn inspect(head: &[u8]) -> Result<Inspection, AgentError> {
+    let found = detect(head);
+    // Checked first: a format whose header is cut short could be anything, so neither "one
+    // match" nor "several matches" can be trusted.
+    if found.iter().any(|c| c.verdict == Verdict::Truncated) {
+        return Err(invalid(MSG_UNABLE));
+    }
+    match found.as_slice() {
+        [] => Ok(Inspection {
+            format: Format::Raw,
+            virtual_size: None,
+        }),
+        [one] if one.verdict == Verdict::Safe => Ok(one.inspection()),
+        [_] => Err(invalid(MSG_UNSAFE)),
+        _ => Err(invalid(MSG_MULTIPLE)),
+    }
+}
+
+/// IPA's whole rule (`get_and_validate_image_format`, SPEC §8.2). `disk_format` is Ironic's
+/// (may be `None`, empty or `"unknown"`), `permitted` is `permitted_image_formats`, `deep` is
+/// `!disable_deep_image_inspection`.
+///
+/// - `deep` and Ironic says `raw` or `gpt`: trusted without inspection, as IPA does — such an
+///   image is written byte for byte (never through qemu-img), so whatever it contains cannot
+///   make the agent read other files. Raw and gpt are interchangeable here: the declared one
+///   is returned, with no virtual size (the size is the file's).
+/// - `deep` otherwise: [`inspect`], then the detected format must be in `permitted`, then it
+///   must equal `disk_format` unless that is unset, empty or `unknown` (IPA's order).
+/// - not `deep`: IPA asks `qemu-img info` and checks nothing. rivet detects the format from
+///   the bytes the same way but skips every check (truncation, several matches, safety,
+///   `permitted`, `disk_format`); with several matches it takes the most specific one (a
+///   container format before iso, iso before gpt).
+pub fn check(
+    head: &[u8],
+    disk_format: Option<&str>,
+    permitted: &[String],
+    deep: bool,
+) -> Result<Inspection, AgentError> {
+    if !deep {
+        return Ok(detect(head)
+            .first()
+            .map(Candidate::inspection)
+            .unwrap_or(Inspection {
+                format: Format::Raw,
+                virtual_size: None,
+            }));
+    }
+    // IPA trusts a declared raw/gpt image without looking. rivet looks anyway: bytes that are
+    // clearly another format (a qcow2 labelled raw) are refused; bytes the inspector cannot
+    // classify safely (a hybrid ISO, junk after a magic) are raw bytes and written as such.
+    // ISO and LUKS contents are raw bytes too (hybrid installers, encrypted disks).
+    if let Some(declared @ ("raw" | "gpt")) = disk_format {
+        let as_declared = Inspection {
+            format: if declared == "gpt" {
+                Format::Gpt
+            } else {
+                Format::Raw
+            },
+            virtual_size: None,
+        };
+        return match inspect(head) {
+            Ok(f)
+                if matches!(
+                    f.format,
+                    Format::Qcow2
+                        | Format::Vmdk
+                        | Format::Vhd
+                        | Format::Vhdx
+                        | Format::Vdi
+                        | Format::Qed
+                ) =>
+            {
+                Err(AgentError::InvalidImage(format!(
+                    "Security: Expected format was {declared}, but image was actually {}",
+                    f.format.name()
+                )))
+            }
+            Ok(_) => Ok(as_declared),
+            Err(e) => {
+                tracing::info!(
+                    "declared {declared}; the inspector says: {e}; writing it as raw bytes"
+                );
+                Ok(as_declared)
+            }
+        };
+    }
+    let found = inspect(head)?;
+    let name = found.format.name();
+    if !permitted.iter().any(|p| p.as_str() == name) {
+        return Err(AgentError::InvalidImage(format!(
+            "Security: Detected image format was {name}, but only {} are allowed",
+            permitted.join(", ")
+        )));
+    }
+    if let Some(expected) = disk_format {
+        if !expected.is_empty() && expected != "unknown" && expected != name {
+            return Err(AgentError::InvalidImage(format!(
+                "Security: Expected format was {expected}, but image was actually {name}"
+            )));
+        }
+    }
+    Ok(found)
+}
+
+/// The one check that needs the end of the image: a VMDK whose grain directory is "at end"
+/// (streamOptimized, as exported in OVAs) has a footer that qemu prefers over the header, so
+/// the footer must agree with the header that [`inspect`] checked. `head` is the image's head
+/// as given to [`inspect`], `tail` its last [`TAIL_LEN`] bytes (or more). For any other image
+/// this does nothing; calling it when the head already held the whole image is harmless.
+pub fn check_tail(head: &[u8], tail: &[u8]) -> Result<(), AgentError> {
+    if !head.starts_with(VMDK_MAGIC) || le_u64(head, 56) != Some(VMDK_GD_AT_END) {
+        return Ok(());
+    }
+    match vmdk_footer_verdict(head, tail) {
+        Verdict::Safe => Ok(()),
+        Verdict::Unsafe => Err(invalid(MSG_UNSAFE)),
+        Verdict::Truncated => Err(invalid(MSG_UNABLE)),
+    }
+}
+
+fn invalid(msg: &str) -> AgentError {
+    AgentError::InvalidImage(msg.to_string())
+}
+
+/// One format's opinion of the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// It matches and passes its safety checks.
+    Safe,
+    /// It matches and fails a safety check.
+    Unsafe,
+    /// Its magic matches but the data ends before its header does.
+    Truncated,
+}
+
+/// A format whose magic matched.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    format: Format,
+    virtual_size: Option<u64>,
+    verdict: Verdict,
+}
+
+impl Candidate {
+    fn new(format: Format, virtual_size: Option<u64>, verdict: Verdict) -> Option<Self> {
+        Some(Candidate {
+            format,
+            virtual_size,
+            verdict,
+        })
+    }
+
+    fn inspection(&self) -> Inspection {
+        Inspection {
+            format: self.format,
+            virtual_size: self.virtual_size,
+        }
+    }
+}
+
+type Probe = fn(&[u8]) -> Option<Candidate>;
+
+/// Every non-raw format that matches, most specific first (the order the non-deep path picks
+/// from): container formats, then iso, then the MBR/GPT check that a hybrid ISO also passes.
+fn detect(head: &[u8]) -> Vec<Candidate> {
+    const PROBES: [Probe; 9] = [
+        probe_qcow2,
+        probe_vmdk,
+        probe_vhd,
+        probe_vhdx,
+        probe_vdi,
+        probe_qed,
+        probe_luks,
+        probe_iso,
+        probe_gpt,
+    ];
+    PROBES.iter().filter_map(|probe| probe(head)).collect()
+}
+
+// ---- little helpers: reads that return None instead of panicking on short input ----
+
+fn bytes<const N: usize>(h: &[u8], at: usize) -> Option<[u8; N]> {
+    h.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+fn be_u16(h: &[u8], at: usize) -> Option<u16> {
+    bytes::<2>(h, at).map(u16::from_be_bytes)
+}
+
+fn be_u32(h: &[u8], at: usize) -> Option<u32> {
+    bytes::<4>(h, at).map(u32::from_be_bytes)
+}
+
+fn be_u64(h: &[u8], at: usize) -> Option<u64> {
+    bytes::<8>(h, at).map(u64::from_be_bytes)
+}
+
+fn le_u16(h: &[u8], at: usize) -> Option<u16> {
+    bytes::<2>(h, at).map(u16::from_le_bytes)
+}
+
+fn le_u32(h: &[u8], at: usize) -> Option<u32> {
+    bytes::<4>(h, at).map(u32::from_le_bytes)
+}
+
+fn le_u64(h: &[u8], at: usize) -> Option<u64> {
+    bytes::<8>(h, at).map(u64::from_le_bytes)
+}
+
+/// The verdict of a rule function that returns `None` when it ran out of bytes.
+fn or_truncated(v: Option<Verdict>) -> Verdict {
+    v.unwrap_or(Verdict::Truncated)
+}
+
+// ---- qcow2 (big-endian header; docs/interop/qcow2.txt in qemu) ----
+
+const QCOW2_MAGIC: &[u8] = b"QFI\xfb";
+const QCOW2_V2_HEADER_LEN: usize = 72;
+const QCOW2_V3_MIN_HEADER_LEN: u32 = 104;
+/// Incompatible feature bits a converter may meet safely: dirty (0), corrupt (1), compression
+/// type (3). Bit 2 is the external data file; bit 4 (extended L2) and above are refused as
+/// unknown, as oslo does (rivet's qcow2 streamer does not do extended L2 either).
+const QCOW2_INCOMPAT_SAFE: u64 = 0b1011;
+const QCOW2_EXT_END: u32 = 0;
+/// Header extension "external data file name" ("DATA").
+const QCOW2_EXT_DATA_FILE: u32 = 0x4441_5441;
+const QCOW2_MIN_CLUSTER_BITS: u32 = 9;
+const QCOW2_MAX_CLUSTER_BITS: u32 = 21;
+const QCOW2_MAX_VIRTUAL_SIZE: u64 = 1 << 55;
+/// qemu's QCOW_MAX_L1_SIZE (32 MiB) in 8-byte entries.
+const QCOW2_MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
+
+fn probe_qcow2(h: &[u8]) -> Option<Candidate> {
+    if !h.starts_with(QCOW2_MAGIC) {
+        return None;
+    }
+    Candidate::new(Format::Qcow2, be_u64(h, 24), or_truncated(qcow2_rules(h)))
+}
+
+fn qcow2_rules(h: &[u8]) -> Option<Verdict> {
+    use Verdict::{Safe, Unsafe};
+    let version = be_u32(h, 4)?;
+    if version != 2 && version != 3 {
+        return Some(Unsafe);
+    }
+    if h.len() < QCOW2_V2_HEADER_LEN {
+        return None;
+    }
+    let backing_file_offset = be_u64(h, 8)?;
+    let cluster_bits = be_u32(h, 20)?;
+    let size = be_u64(h, 24)?;
+    let crypt_method = be_u32(h, 32)?;
+    let l1_size = u64::from(be_u32(h, 36)?);
+    // A backing file is read by the converter: the original attack.
+    if backing_file_offset != 0 || crypt_method != 0 {
+        return Some(Unsafe);
+    }
+    if !(QCOW2_MIN_CLUSTER_BITS..=QCOW2_MAX_CLUSTER_BITS).contains(&cluster_bits) {
+        return Some(Unsafe);
+    }
+    if size > QCOW2_MAX_VIRTUAL_SIZE {
+        return Some(Unsafe);
+    }
+    // One L1 entry maps one L2 table: cluster_size/8 entries of one cluster each. qemu refuses
+    // an L1 table too small for the virtual size, or one over its size limit.
+    let cluster_size = 1u64 << cluster_bits;
+    let per_l1_entry = cluster_size * (cluster_size / 8);
+    let l1_needed = size.div_ceil(per_l1_entry);
+    if l1_size < l1_needed || l1_size > QCOW2_MAX_L1_ENTRIES {
+        return Some(Unsafe);
+    }
+    let extensions_at = if version == 2 {
+        QCOW2_V2_HEADER_LEN as u64
+    } else {
+        let incompatible = be_u64(h, 72)?;
+        let header_len = be_u32(h, 100)?;
+        if incompatible & !QCOW2_INCOMPAT_SAFE != 0 {
+            return Some(Unsafe);
+        }
+        if header_len < QCOW2_V3_MIN_HEADER_LEN || u64::from(header_len) > cluster_size {
+            return Some(Unsafe);
+        }
+        u64::from(header_len)
+    };
+    // Header extensions fill the rest of the first cluster, up to an end marker. The data file
+    // name alone would be ignored without feature bit 2, but nothing honest carries it.
+    let mut at = extensions_at;
+    while at + 8 <= cluster_size {
+        let pos = usize::try_from(at).ok()?;
+        let kind = be_u32(h, pos)?;
+        let len = u64::from(be_u32(h, pos + 4)?);
+        if kind == QCOW2_EXT_END {
+            break;
+        }
+        if kind == QCOW2_EXT_DATA_FILE {
+            return Some(Unsafe);
+        }
+        let next = at + 8 + len.next_multiple_of(8);
+        if next > cluster_size {
+            // qemu: "header extension too large"
+            return Some(Unsafe);
+        }
+        at = next;
+    }
+    Some(Safe)
+}
+
+// ---- vmdk (little-endian sparse extent header; VMware "Virtual Disk Format 1.1") ----
+
+const VMDK_MAGIC: &[u8] = b"KDMV";
+const VMDK_SPARSE_HEADER_LEN: usize = 64;
+/// qemu and oslo only accept an embedded descriptor at sector 1 ...
+const VMDK_DESC_SECTOR: u64 = 1;
+const VMDK_DESC_OFFSET: usize = 512;
+/// ... of at most 1 MiB − 1.
+const VMDK_DESC_MAX: usize = (1 << 20) - 1;
+/// `gdOffset` meaning "the grain directory is given by the footer at the end of the file".
+const VMDK_GD_AT_END: u64 = u64::MAX;
+const VMDK_MARKER_FOOTER: u32 = 3;
+/// Longest createType oslo reads; anything longer is "format not found".
+const VMDK_MAX_TYPE_LEN: usize = 64;
+
+fn probe_vmdk(h: &[u8]) -> Option<Candidate> {
+    if h.starts_with(VMDK_MAGIC) {
+        let virtual_size = le_u64(h, 12).and_then(|sectors| sectors.checked_mul(512));
+        return Candidate::new(
+            Format::Vmdk,
+            virtual_size,
+            or_truncated(vmdk_sparse_rules(h)),
+        );
+    }
+    // oslo's test for a text descriptor file: the first sector is all printable ASCII or
+    // whitespace, and the text names a createType.
+    let first = &h[..h.len().min(512)];
+    if first.len() < 4 || !first.iter().all(|&b| is_text_byte(b)) {
+        return None;
+    }
+    let desc = until_nul(&h[..h.len().min(VMDK_DESC_MAX)]);
+    find_ignore_case(desc, b"createtype=\"")?;
+    // A descriptor file holds no data: every extent is another file on the agent.
+    Candidate::new(Format::Vmdk, None, Verdict::Unsafe)
+}
+
+fn vmdk_sparse_rules(h: &[u8]) -> Option<Verdict> {
+    use Verdict::{Safe, Unsafe};
+    if h.len() < VMDK_SPARSE_HEADER_LEN {
+        return None;
+    }
+    let version = le_u32(h, 4)?;
+    let desc_sector = le_u64(h, 28)?;
+    let desc_sectors = le_u64(h, 36)?;
+    let gd_offset = le_u64(h, 56)?;
+    if !(1..=3).contains(&version) || desc_sector != VMDK_DESC_SECTOR {
+        return Some(Unsafe);
+    }
+    let desc_len = usize::try_from(desc_sectors.saturating_mul(512))
+        .unwrap_or(usize::MAX)
+        .min(VMDK_DESC_MAX);
+    let region = h.get(VMDK_DESC_OFFSET..)?;
+    let region = &region[..region.len().min(desc_len)];
+    // The embedded descriptor is NUL-padded; oslo cuts it at the first NUL as well.
+    let desc = match region.iter().position(|&b| b == 0) {
+        Some(nul) => &region[..nul],
+        None if region.len() == desc_len => region,
+        None => return None,
+    };
+    if !vmdk_descriptor_safe(desc) {
+        return Some(Unsafe);
+    }
+    // The footer lives at the end of the image: checkable here only when the head is the
+    // whole image, otherwise by check_tail.
+    if gd_offset == VMDK_GD_AT_END && h.len() < INSPECT_LEN {
+        return Some(vmdk_footer_verdict(h, h));
+    }
+    Some(Safe)
+}
+
+/// oslo's descriptor rules (case-insensitive): createType monolithicSparse or streamOptimized;
+/// every line blank, a comment, a `ddb` entry, a `key=value` header field or an extent; at
+/// least one extent; no `/` in an extent line. rivet adds: extents are SPARSE or ZERO.
+fn vmdk_descriptor_safe(desc: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(desc) else {
+        return false;
+    };
+    if !text.is_ascii() {
+        return false;
+    }
+    let text = text.to_ascii_lowercase();
+    if !matches!(
+        vmdk_create_type(&text),
+        Some("monolithicsparse" | "streamoptimized")
+    ) {
+        return false;
+    }
+    let mut extents = 0usize;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with("ddb") {
+            continue;
+        }
+        if let Some((key, _)) = line.split_once('=') {
+            if !key.contains(' ') {
+                continue;
+            }
+        }
+        let mut words = line.split_whitespace();
+        if !matches!(words.next(), Some("rw" | "rdonly" | "noaccess")) {
+            return false;
+        }
+        // access, sectors, type, then (for file-backed types) "file name" and offset
+        if line.contains('/') || !matches!(words.nth(1), Some("sparse" | "zero")) {
+            return false;
+        }
+        extents += 1;
+    }
+    extents > 0
+}
+
+fn vmdk_create_type(lower: &str) -> Option<&str> {
+    const KEY: &str = "createtype=\"";
+    let start = lower.find(KEY)? + KEY.len();
+    let rest = &lower[start..];
+    let end = rest.find('"')?;
+    (end < VMDK_MAX_TYPE_LEN).then(|| &rest[..end])
+}
+
+/// The last three sectors of a footer-carrying VMDK: a footer marker, a copy of the header that
+/// must name the same descriptor and a real grain directory, and the end-of-stream marker.
+fn vmdk_footer_verdict(head: &[u8], tail: &[u8]) -> Verdict {
+    let Some(start) = tail.len().checked_sub(TAIL_LEN) else {
+        return Verdict::Truncated;
+    };
+    let (marker, rest) = tail[start..].split_at(512);
+    let (footer, eos) = rest.split_at(512);
+    let same = |a: usize, b: usize| head.get(a..b).is_some() && head.get(a..b) == footer.get(a..b);
+    // magic + version, then descriptor sector + length
+    if !same(0, 8) || !same(28, 44) || le_u64(footer, 56) == Some(VMDK_GD_AT_END) {
+        return Verdict::Unsafe;
+    }
+    let marker_ok = le_u32(marker, 8) == Some(0)
+        && le_u32(marker, 12) == Some(VMDK_MARKER_FOOTER)
+        && marker[16..].iter().all(|&b| b == 0);
+    // end-of-stream: value 0, size 0, type 0, padding: all zero
+    if !marker_ok || eos.iter().any(|&b| b != 0) {
+        return Verdict::Unsafe;
+    }
+    Verdict::Safe
+}
+
+/// Python's `isprintable() or isspace()` for one ASCII character.
+fn is_text_byte(b: u8) -> bool {
+    matches!(b, 0x20..=0x7e | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f)
+}
+
+fn until_nul(b: &[u8]) -> &[u8] {
+    match b.iter().position(|&c| c == 0) {
+        Some(nul) => &b[..nul],
+        None => b,
+    }
+}
+
+fn find_ignore_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+// ---- the formats oslo only detects ----
+
+/// Dynamic VHD: a copy of the 512-byte footer at offset 0; size is big-endian at 40.
+fn probe_vhd(h: &[u8]) -> Option<Candidate> {
+    if !h.starts_with(b"conectix") {
+        return None;
+    }
+    let verdict = if h.len() < 512 {
+        Verdict::Truncated
+    } else {
+        Verdict::Safe
+    };
+    Candidate::new(Format::Vhd, be_u64(h, 40), verdict)
+}
+
+/// VHDX: the file type identifier. Its size sits in a metadata region found through the
+/// region table at 192 KiB; nothing here needs it, so it is not read.
+fn probe_vhdx(h: &[u8]) -> Option<Candidate> {
+    if !h.starts_with(b"vhdxfile") {
+        return None;
+    }
+    Candidate::new(Format::Vhdx, None, Verdict::Safe)
+}
+
+/// VDI: signature 0xbeda107f (little-endian) at 0x40 of a 512-byte header; size at 0x170.
+fn probe_vdi(h: &[u8]) -> Option<Candidate> {
+    if le_u32(h, 0x40) != Some(0xbeda_107f) {
+        return None;
+    }
+    let verdict = if h.len() < 512 {
+        Verdict::Truncated
+    } else {
+        Verdict::Safe
+    };
+    Candidate::new(Format::Vdi, le_u64(h, 0x170), verdict)
+}
+
+/// QED: "QED\0". oslo bans it outright (nobody supports it, nobody checks it).
+fn probe_qed(h: &[u8]) -> Option<Candidate> {
+    if !h.starts_with(b"QED\0") {
+        return None;
+    }
+    let verdict = if h.len() < 512 {
+        Verdict::Truncated
+    } else {
+        Verdict::Unsafe
+    };
+    Candidate::new(Format::Qed, None, verdict)
+}
+
+/// LUKS: "LUKS\xba\xbe", big-endian version at 6; the v1 header with its key slots is 592
+/// bytes. Only version 1 is accepted, as in oslo (qemu has no LUKS2).
+fn probe_luks(h: &[u8]) -> Option<Candidate> {
+    if !h.starts_with(b"LUKS\xba\xbe") {
+        return None;
+    }
+    let verdict = match be_u16(h, 6) {
+        _ if h.len() < 592 => Verdict::Truncated,
+        Some(1) => Verdict::Safe,
+        _ => Verdict::Unsafe,
+    };
+    Candidate::new(Format::Luks, None, verdict)
+}
+
+/// ISO 9660 / UDF: a volume descriptor at 32 KiB (after 16 sectors of system area) whose
+/// identifier is CD001, NSR02 or NSR03. A primary volume descriptor (type 1) gives the size:
+/// block count (LE u32 at +80) times block size (LE u16 at +128).
+fn probe_iso(h: &[u8]) -> Option<Candidate> {
+    const DESC: usize = 0x8000;
+    const DESC_END: usize = DESC + 2048;
+    const IDS: [&[u8]; 3] = [b"CD001", b"NSR02", b"NSR03"];
+    let id = h.get(DESC + 1..DESC + 6)?;
+    if !IDS.contains(&id) {
+        return None;
+    }
+    if h.len() < DESC_END {
+        return Candidate::new(Format::Iso, None, Verdict::Truncated);
+    }
+    let virtual_size = match h.get(DESC).copied() {
+        Some(1) => le_u32(h, DESC + 80)
+            .zip(le_u16(h, DESC + 128))
+            .map(|(blocks, block)| u64::from(blocks) * u64::from(block)),
+        _ => None,
+    };
+    Candidate::new(Format::Iso, virtual_size, Verdict::Safe)
+}
+
+/// MBR/GPT as oslo sees it: the boot signature 0x55 0xAA at 510, unless the sector is a FAT
+/// boot sector (2 FATs, fixed-disk media byte), which carries the same signature.
+fn probe_gpt(h: &[u8]) -> Option<Candidate> {
+    let mbr = h.get(..512)?;
+    if le_u16(mbr, 510) != Some(0xaa55) {
+        return None;
+    }
+    if mbr[0x10] == 2 && mbr[0x15] == 0xf8 {
+        return None;
+    }
+    let verdict = if mbr_safe(mbr) {
+        Verdict::Safe
+    } else {
+        Verdict::Unsafe
+    };
+    Candidate::new(Format::Gpt, None, verdict)
+}
+
+/// oslo's MBR sanity: boot flags 0x00 or 0x80; at least one partition; a protective (0xEE)
+/// entry starts at CHS 0/2/0 and LBA 1 and is the only entry, in slot 0.
+fn mbr_safe(mbr: &[u8]) -> bool {
+    let mut used = Vec::new();
+    let mut protective = false;
+    for slot in 0..4 {
+        let at = 446 + 16 * slot;
+        let Some(entry) = mbr.get(at..at + 16) else {
+            return false;
+        };
+        if entry[0] != 0x00 && entry[0] != 0x80 {
+            return false;
+        }
+        if entry[4] != 0 {
+            used.push(slot);
+        }
+        if entry[4] == 0xee {
+            protective = true;
+            if entry[1..4] != [0x00, 0x02, 0x00] || le_u32(entry, 8) != Some(1) {
+                return false;
+            }
+        }
+    }
+    !used.is_empty() && (!protective || used == [0usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(buf: &mut Vec<u8>, at: usize, data: &[u8]) {
+        if buf.len() < at + data.len() {
+            buf.resize(at + data.len(), 0);
+        }
+        buf[at..at + data.len()].copy_from_slice(data);
+    }
+
+    fn err(msg: &str) -> AgentError {
+        AgentError::InvalidImage(msg.to_string())
+    }
+
+    fn fmts(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn default_permitted() -> Vec<String> {
+        fmts(&["raw", "gpt", "qcow2"])
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    /// A valid qcow2 header cluster prefix: 64 KiB clusters, 1 GiB, L1 of 2 entries.
+    fn qcow2(version: u32) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        put(&mut h, 0, QCOW2_MAGIC);
+        put(&mut h, 4, &version.to_be_bytes());
+        put(&mut h, 20, &16u32.to_be_bytes());
+        put(&mut h, 24, &GIB.to_be_bytes());
+        put(&mut h, 36, &2u32.to_be_bytes());
+        put(&mut h, 40, &0x30000u64.to_be_bytes());
+        if version == 3 {
+            put(&mut h, 96, &4u32.to_be_bytes()); // refcount order
+            put(&mut h, 100, &104u32.to_be_bytes());
+        }
+        h
+    }
+
+    #[test]
+    fn qcow2_v2_and_v3_pass() {
+        for v in [2, 3] {
+            let got = inspect(&qcow2(v)).expect("valid qcow2");
+            assert_eq!(
+                got,
+                Inspection {
+                    format: Format::Qcow2,
+                    virtual_size: Some(GIB)
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn qcow2_refusals() {
+        let unsafe_ = Err(err("Security: Image failed safety check"));
+        let mut h = qcow2(3);
+        put(&mut h, 8, &0x200u64.to_be_bytes()); // backing file
+        assert_eq!(inspect(&h), unsafe_);
+
+        let mut h = qcow2(3);
+        put(&mut h, 72, &0b100u64.to_be_bytes()); // external data file bit
+        assert_eq!(inspect(&h), unsafe_);
+
+        for bit in [4u32, 5, 63] {
+            let mut h = qcow2(3);
+            put(&mut h, 72, &(1u64 << bit).to_be_bytes()); // extended L2 / unknown
+            assert_eq!(inspect(&h), unsafe_, "bit {bit}");
+        }
+
+        let mut h = qcow2(3);
+        put(&mut h, 72, &0b1011u64.to_be_bytes()); // dirty, corrupt, compression type: fine
+        assert!(inspect(&h).is_ok());
+
+        let mut h = qcow2(3);
+        put(&mut h, 104, &QCOW2_EXT_DATA_FILE.to_be_bytes());
+        put(&mut h, 108, &8u32.to_be_bytes());
+        put(&mut h, 112, b"data.raw");
+        assert_eq!(inspect(&h), unsafe_);
+
+        for v in [1u32, 4] {
+            let mut h = qcow2(3);
+            put(&mut h, 4, &v.to_be_bytes());
+            assert_eq!(inspect(&h), unsafe_, "version {v}");
+        }
+
+        let mut h = qcow2(2);
+        put(&mut h, 32, &1u32.to_be_bytes()); // AES
+        assert_eq!(inspect(&h), unsafe_);
+
+        let mut h = qcow2(2);
+        put(&mut h, 24, &(1u64 << 56).to_be_bytes()); // absurd virtual size
+        assert_eq!(inspect(&h), unsafe_);
+
+        let mut h = qcow2(2);
+        put(&mut h, 36, &((1u32 << 22) + 1).to_be_bytes()); // L1 over qemu's limit
+        assert_eq!(inspect(&h), unsafe_);
+
+        let mut h = qcow2(2);
+        put(&mut h, 36, &1u32.to_be_bytes()); // L1 too small for 1 GiB
+        assert_eq!(inspect(&h), unsafe_);
+
+        for bits in [8u32, 22] {
+            let mut h = qcow2(2);
+            put(&mut h, 20, &bits.to_be_bytes());
+            assert_eq!(inspect(&h), unsafe_, "cluster bits {bits}");
+        }
+
+        let mut h = qcow2(3);
+        put(&mut h, 100, &72u32.to_be_bytes()); // v3 header shorter than 104
+        assert_eq!(inspect(&h), unsafe_);
+    }
+
+    #[test]
+    fn qcow2_header_extensions() {
+        // A feature name table is harmless.
+        let mut h = qcow2(3);
+        put(&mut h, 104, &0x6803_f857u32.to_be_bytes());
+        put(&mut h, 108, &48u32.to_be_bytes());
+        assert!(inspect(&h).is_ok());
+        // An extension running past the header cluster is refused, as qemu does.
+        let mut h = qcow2(3);
+        put(&mut h, 104, &0x6803_f857u32.to_be_bytes());
+        put(&mut h, 108, &0x10000u32.to_be_bytes());
+        assert_eq!(inspect(&h), Err(err(MSG_UNSAFE)));
+    }
+
+    #[test]
+    fn qcow2_truncated_after_magic() {
+        let h = qcow2(3);
+        for len in [8, 40, 71, 100] {
+            assert_eq!(
+                inspect(&h[..len]),
+                Err(err("Security: Unable to safety check image")),
+                "{len}"
+            );
+        }
+        // Extensions reach the end of the data before their end marker.
+        assert_eq!(inspect(&qcow2(2)[..72]), Err(err(MSG_UNABLE)));
+    }
+
+    fn descriptor(create_type: &str, extent: &str) -> String {
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+             createType=\"{create_type}\"\n\n# Extent description\n{extent}\n\n\
+             # The Disk Data Base\n#DDB\n\nddb.virtualHWVersion = \"4\"\n\
+             ddb.geometry.cylinders = \"2\"\nddb.adapterType = \"ide\"\n"
+        )
+    }
+
+    /// A sparse VMDK head: 2048 sectors, descriptor at sector 1 (20 sectors).
+    fn vmdk_sparse(desc: &str, gd_offset: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 512 + 20 * 512];
+        put(&mut h, 0, VMDK_MAGIC);
+        put(&mut h, 4, &1u32.to_le_bytes());
+        put(&mut h, 12, &2048u64.to_le_bytes());
+        put(&mut h, 20, &128u64.to_le_bytes());
+        put(&mut h, 28, &1u64.to_le_bytes());
+        put(&mut h, 36, &20u64.to_le_bytes());
+        put(&mut h, 44, &512u32.to_le_bytes());
+        put(&mut h, 56, &gd_offset.to_le_bytes());
+        put(&mut h, 512, desc.as_bytes());
+        h
+    }
+
+    #[test]
+    fn vmdk_sparse_kinds() {
+        for kind in ["monolithicSparse", "streamOptimized"] {
+            let h = vmdk_sparse(&descriptor(kind, "RW 2048 SPARSE \"disk.vmdk\""), 21);
+            assert_eq!(
+                inspect(&h),
+                Ok(Inspection {
+                    format: Format::Vmdk,
+                    virtual_size: Some(2048 * 512)
+                })
+            );
+        }
+        for kind in [
+            "monolithicFlat",
+            "twoGbMaxExtentFlat",
+            "vmfs",
+            "twoGbMaxExtentSparse",
+        ] {
+            let h = vmdk_sparse(&descriptor(kind, "RW 2048 FLAT \"disk-flat.vmdk\" 0"), 21);
+            assert_eq!(inspect(&h), Err(err(MSG_UNSAFE)), "{kind}");
+        }
+    }
+
+    #[test]
+    fn vmdk_descriptor_rules() {
+        let bad_extents = [
+            "RW 2048 SPARSE \"/etc/shadow\"",
+            "RW 2048 SPARSE \"../x.vmdk\"",
+            "RW 2048 FLAT \"other.img\" 0",
+            "RW 2048 VMFS \"other.img\"",
+            "something unexpected here",
+            "",
+        ];
+        for extent in bad_extents {
+            let h = vmdk_sparse(&descriptor("monolithicSparse", extent), 21);
+            assert_eq!(inspect(&h), Err(err(MSG_UNSAFE)), "{extent:?}");
+        }
+        let no_type = vmdk_sparse("# Disk DescriptorFile\nRW 2048 SPARSE \"d.vmdk\"\n", 21);
+        assert_eq!(inspect(&no_type), Err(err(MSG_UNSAFE)));
+        // Descriptor anywhere but sector 1, or an unknown version.
+        let mut h = vmdk_sparse(
+            &descriptor("monolithicSparse", "RW 2048 SPARSE \"d.vmdk\""),
+            21,
+        );
+        put(&mut h, 28, &2u64.to_le_bytes());
+        assert_eq!(inspect(&h), Err(err(MSG_UNSAFE)));
+        let mut h = vmdk_sparse(
+            &descriptor("monolithicSparse", "RW 2048 SPARSE \"d.vmdk\""),
+            21,
+        );
+        put(&mut h, 4, &4u32.to_le_bytes());
+        assert_eq!(inspect(&h), Err(err(MSG_UNSAFE)));
+    }
+
+    #[test]
+    fn vmdk_text_descriptor_is_refused() {
+        let text = descriptor("monolithicFlat", "RW 2048 FLAT \"/dev/sda\" 0");
+        assert_eq!(inspect(text.as_bytes()), Err(err(MSG_UNSAFE)));
+        let text = descriptor("monolithicSparse", "RW 2048 SPARSE \"disk.vmdk\"");
+        assert_eq!(inspect(text.as_bytes()), Err(err(MSG_UNSAFE)));
+        let found = check(text.as_bytes(), None, &[], false).expect("non-deep detects");
+        assert_eq!(found.format, Format::Vmdk);
+        // Text without a createType is just raw.
+        let plain = "hello, this is not a disk image at all\n".repeat(20);
+        assert_eq!(inspect(plain.as_bytes()).map(|i| i.format), Ok(Format::Raw));
+    }
+
+    #[test]
+    fn vmdk_truncated() {
+        let h = vmdk_sparse(
+            &descriptor("monolithicSparse", "RW 2048 SPARSE \"d.vmdk\""),
+            21,
+        );
+        assert_eq!(inspect(&h[..40]), Err(err(MSG_UNABLE)));
+        // The data ends inside the descriptor, before its NUL padding.
+        assert_eq!(inspect(&h[..600]), Err(err(MSG_UNABLE)));
+    }
+
+    /// A whole streamOptimized image whose grain directory is given by the footer.
+    fn vmdk_with_footer(footer_desc_sector: u64) -> Vec<u8> {
+        let mut img = vmdk_sparse(
+            &descriptor("streamOptimized", "RW 2048 SPARSE \"d.vmdk\""),
+            VMDK_GD_AT_END,
+        );
+        img.resize(64 * 512, 0); // some grains
+        let mut marker = vec![0u8; 512];
+        put(&mut marker, 0, &1u64.to_le_bytes());
+        put(&mut marker, 12, &VMDK_MARKER_FOOTER.to_le_bytes());
+        let mut footer = img[..512].to_vec();
+        put(&mut footer, 28, &footer_desc_sector.to_le_bytes());
+        put(&mut footer, 56, &40u64.to_le_bytes());
+        img.extend_from_slice(&marker);
+        img.extend_from_slice(&footer);
+        img.extend_from_slice(&[0u8; 512]);
+        img
+    }
+
+    #[test]
+    fn vmdk_footer() {
+        let good = vmdk_with_footer(1);
+        assert_eq!(inspect(&good).map(|i| i.format), Ok(Format::Vmdk));
+        assert_eq!(check_tail(&good, &good), Ok(()));
+        let bad = vmdk_with_footer(2);
+        assert_eq!(inspect(&bad), Err(err(MSG_UNSAFE)));
+        assert_eq!(check_tail(&bad, &bad), Err(err(MSG_UNSAFE)));
+        // A long image: the head alone passes, the tail decides.
+        let mut head = good[..good.len() - TAIL_LEN].to_vec();
+        head.resize(INSPECT_LEN, 0);
+        assert!(inspect(&head).is_ok());
+        assert_eq!(check_tail(&head, &good[good.len() - TAIL_LEN..]), Ok(()));
+        assert_eq!(
+            check_tail(&head, &bad[bad.len() - TAIL_LEN..]),
+            Err(err(MSG_UNSAFE))
+        );
+        assert_eq!(check_tail(&head, &[0u8; 100]), Err(err(MSG_UNABLE)));
+        // Anything else needs no tail.
+        assert_eq!(check_tail(&qcow2(3), &[]), Ok(()));
+    }
+
+    fn mbr(entries: &[(u8, u8, [u8; 3], u32)]) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        for (i, &(boot, kind, chs, lba)) in entries.iter().enumerate() {
+            let at = 446 + 16 * i;
+            h[at] = boot;
+            put(&mut h, at + 1, &chs);
+            h[at + 4] = kind;
+            put(&mut h, at + 8, &lba.to_le_bytes());
+            put(&mut h, at + 12, &1000u32.to_le_bytes());
+        }
+        put(&mut h, 510, &[0x55, 0xaa]);
+        h
+    }
+
+    fn gpt_disk() -> Vec<u8> {
+        let mut h = mbr(&[(0, 0xee, [0, 2, 0], 1)]);
+        put(&mut h, 512, b"EFI PART");
+        h.resize(64 * 1024, 0);
+        h
+    }
+
+    #[test]
+    fn gpt_and_mbr() {
+        assert_eq!(
+            inspect(&gpt_disk()),
+            Ok(Inspection {
+                format: Format::Gpt,
+                virtual_size: None
+            })
+        );
+        // oslo calls a plain MBR disk "gpt" too.
+        let dos = mbr(&[(0x80, 0x83, [1, 1, 0], 2048), (0, 0x82, [0, 0, 0], 4096)]);
+        assert_eq!(inspect(&dos).map(|i| i.format), Ok(Format::Gpt));
+        // A FAT boot sector has the signature but is not a partition table.
+        let mut fat = mbr(&[]);
+        fat[0x10] = 2;
+        fat[0x15] = 0xf8;
+        assert_eq!(inspect(&fat).map(|i| i.format), Ok(Format::Raw));
+        for bad in [
+            mbr(&[(0x12, 0x83, [0, 0, 0], 2048)]), // boot flag
+            mbr(&[]),                              // no partitions
+            mbr(&[(0, 0xee, [0, 1, 0], 1)]),       // protective CHS
+            mbr(&[(0, 0xee, [0, 2, 0], 2)]),       // protective LBA
+            mbr(&[(0, 0xee, [0, 2, 0], 1), (0, 0x83, [0, 0, 0], 2048)]), // extra entry
+            mbr(&[(0, 0, [0, 0, 0], 0), (0, 0xee, [0, 2, 0], 1)]), // not in slot 0
+        ] {
+            assert_eq!(inspect(&bad), Err(err(MSG_UNSAFE)));
+        }
+    }
+
+    fn iso() -> Vec<u8> {
+        let mut h = vec![0u8; 0x8800];
+        h[0x8000] = 1;
+        put(&mut h, 0x8001, b"CD001");
+        h[0x8006] = 1;
+        put(&mut h, 0x8050, &100u32.to_le_bytes());
+        put(&mut h, 0x8054, &100u32.to_be_bytes());
+        put(&mut h, 0x8080, &2048u16.to_le_bytes());
+        put(&mut h, 0x8082, &2048u16.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn iso_and_hybrid_iso() {
+        assert_eq!(
+            inspect(&iso()),
+            Ok(Inspection {
+                format: Format::Iso,
+                virtual_size: Some(204_800)
+            })
+        );
+        let mut hybrid = iso();
+        put(&mut hybrid, 0, &mbr(&[(0x80, 0x17, [0, 1, 0], 0)]));
+        assert_eq!(
+            inspect(&hybrid),
+            Err(err("Security: Image matched multiple potential formats"))
+        );
+        // Non-deep: no refusal, the ISO wins over its boot MBR.
+        assert_eq!(
+            check(&hybrid, None, &[], false).map(|i| i.format),
+            Ok(Format::Iso)
+        );
+        assert_eq!(inspect(&iso()[..0x8100]), Err(err(MSG_UNABLE)));
+    }
+
+    #[test]
+    fn raw_is_the_fallback() {
+        assert_eq!(
+            inspect(&[]),
+            Ok(Inspection {
+                format: Format::Raw,
+                virtual_size: None
+            })
+        );
+        assert_eq!(
+            inspect(&vec![0u8; INSPECT_LEN]).map(|i| i.format),
+            Ok(Format::Raw)
+        );
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        assert_eq!(inspect(&noise).map(|i| i.format), Ok(Format::Raw));
+    }
+
+    #[test]
+    fn detect_only_formats() {
+        let mut vhd = vec![0u8; 512];
+        put(&mut vhd, 0, b"conectix");
+        put(&mut vhd, 40, &GIB.to_be_bytes());
+        assert_eq!(
+            inspect(&vhd),
+            Ok(Inspection {
+                format: Format::Vhd,
+                virtual_size: Some(GIB)
+            })
+        );
+        assert_eq!(inspect(&vhd[..100]), Err(err(MSG_UNABLE)));
+
+        let mut vhdx = vec![0u8; 4096];
+        put(&mut vhdx, 0, b"vhdxfile");
+        assert_eq!(inspect(&vhdx).map(|i| i.format), Ok(Format::Vhdx));
+
+        let mut vdi = vec![0u8; 512];
+        put(&mut vdi, 0, b"<<< Oracle VM VirtualBox Disk Image >>>\n");
+        put(&mut vdi, 0x40, &0xbeda_107fu32.to_le_bytes());
+        put(&mut vdi, 0x170, &GIB.to_le_bytes());
+        assert_eq!(
+            inspect(&vdi),
+            Ok(Inspection {
+                format: Format::Vdi,
+                virtual_size: Some(GIB)
+            })
+        );
+
+        let mut qed = vec![0u8; 512];
+        put(&mut qed, 0, b"QED\0");
+        assert_eq!(inspect(&qed), Err(err(MSG_UNSAFE)));
+
+        let mut luks = vec![0u8; 1024];
+        put(&mut luks, 0, b"LUKS\xba\xbe");
+        put(&mut luks, 6, &1u16.to_be_bytes());
+        assert_eq!(inspect(&luks).map(|i| i.format), Ok(Format::Luks));
+        put(&mut luks, 6, &2u16.to_be_bytes());
+        assert_eq!(inspect(&luks), Err(err(MSG_UNSAFE)));
+    }
+
+    #[test]
+    fn permitted_list() {
+        let h = vmdk_sparse(
+            &descriptor("monolithicSparse", "RW 2048 SPARSE \"d.vmdk\""),
+            21,
+        );
+        assert_eq!(
+            check(&h, None, &default_permitted(), true),
+            Err(err(
+                "Security: Detected image format was vmdk, but only raw, gpt, qcow2 are allowed"
+            ))
+        );
+        assert_eq!(
+            check(&h, Some("vmdk"), &fmts(&["vmdk"]), true).map(|i| i.format),
+            Ok(Format::Vmdk)
+        );
+        // The permitted list is checked before the declared format, as in IPA.
+        assert_eq!(
+            check(&iso(), Some("qcow2"), &fmts(&["qcow2"]), true),
+            Err(err(
+                "Security: Detected image format was iso, but only qcow2 are allowed"
+            ))
+        );
+    }
+
+    #[test]
+    fn declared_format() {
+        let permitted = default_permitted();
+        assert_eq!(
+            check(&[0u8; 4096], Some("qcow2"), &permitted, true),
+            Err(err(
+                "Security: Expected format was qcow2, but image was actually raw"
+            ))
+        );
+        assert_eq!(
+            check(&gpt_disk(), Some("qcow2"), &permitted, true),
+            Err(err(
+                "Security: Expected format was qcow2, but image was actually gpt"
+            ))
+        );
+        for unset in [None, Some(""), Some("unknown")] {
+            assert_eq!(
+                check(&qcow2(3), unset, &permitted, true).map(|i| i.format),
+                Ok(Format::Qcow2)
+            );
+        }
+        assert_eq!(
+            check(&qcow2(3), Some("qcow2"), &permitted, true).map(|i| i.format),
+            Ok(Format::Qcow2)
+        );
+    }
+
+    #[test]
+    fn raw_or_gpt_declared_is_written_raw_unless_it_is_a_container_format() {
+        // Unsafe to inspect further, but written as raw bytes it is harmless.
+        let mut backing = qcow2(3);
+        put(&mut backing, 8, &0x200u64.to_be_bytes());
+        let raw = Inspection {
+            format: Format::Raw,
+            virtual_size: None,
+        };
+        assert_eq!(
+            check(&backing, Some("raw"), &default_permitted(), true),
+            Ok(raw)
+        );
+        assert_eq!(
+            check(&qcow2(3), Some("raw"), &default_permitted(), true),
+            Err(err(
+                "Security: Expected format was raw, but image was actually qcow2"
+            ))
+        );
+        assert_eq!(check(&iso(), Some("raw"), &[], true), Ok(raw));
+        assert_eq!(
+            check(&[0u8; 512], Some("gpt"), &[], true).map(|i| i.format),
+            Ok(Format::Gpt)
+        );
+    }
+
+    #[test]
+    fn not_deep_detects_but_checks_nothing() {
+        let mut backing = qcow2(3);
+        put(&mut backing, 8, &0x200u64.to_be_bytes());
+        let got = check(&backing, Some("raw"), &default_permitted(), false).expect("not deep");
+        assert_eq!(
+            got,
+            Inspection {
+                format: Format::Qcow2,
+                virtual_size: Some(GIB)
+            }
+        );
+        let mut vdi = vec![0u8; 512];
+        put(&mut vdi, 0x40, &0xbeda_107fu32.to_le_bytes());
+        assert_eq!(
+            check(&vdi, Some("qcow2"), &default_permitted(), false).map(|i| i.format),
+            Ok(Format::Vdi)
+        );
+        assert_eq!(
+            check(&[1u8; 100], None, &[], false).map(|i| i.format),
+            Ok(Format::Raw)
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for f in Format::ALL {
+            assert_eq!(Format::from_name(f.name()), Some(f));
+            assert_eq!(f.to_string(), f.name());
+        }
+        assert_eq!(Format::from_name("vpc"), None);
+        assert_eq!(Format::from_name("QCOW2"), None);
+    }
+}

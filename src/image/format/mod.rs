@@ -1,0 +1,6 @@
+//! Image formats: the inspector (what an image is, and whether it is safe), qcow2 converted
+//! while it streams, and qemu-img for the rest.
+
+pub mod convert;
+pub mod inspect;
+pub mod qcow2;

@@ -1,0 +1,606 @@
+//! qcow2 → raw in one pass, while the image downloads: no temporary copy, no random access.
+//!
+//! Written by hand because no crate reads qcow2 as a *stream*: they all seek. It works because
+//! `qemu-img convert` (and most image builders) lay a qcow2 file out as: header (cluster 0),
+//! refcount table, refcount block, L1 table, then every L2 table before the data clusters it
+//! maps. So, reading front to back:
+//! 1. the header is parsed and policed (v2/v3 only; no backing file, external data file,
+//!    encryption, extended L2, unknown incompatible bits; sane sizes);
+//! 2. when the stream reaches the L1 table we learn where every L2 table lives;
+//! 3. when it reaches an L2 table we learn where each data cluster goes (host → guest);
+//! 4. each data cluster is written at its guest offset as it arrives (zlib/zstd clusters are
+//!    inflated, never beyond one cluster);
+//! 5. bytes whose meaning is not known yet (a data cluster before its L2 table) go to a bounded
+//!    spill and are replayed when the L2 table arrives; past the budget, the caller falls back
+//!    to the temp-file path;
+//! 6. at the end, every guest range nothing was written to is reported, to be zeroed.
+//!
+//! Nothing here follows a path or offset stored in the image outside the image itself.
+
+use std::collections::BTreeMap;
+use std::io;
+
+/// Where guest (virtual disk) bytes go.
+pub trait GuestSink {
+    /// Writes `data` at guest offset `off`.
+    fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()>;
+}
+
+/// Why a qcow2 stream could not be converted.
+#[derive(Debug, thiserror::Error)]
+pub enum Qcow2Error {
+    /// The image is unsafe or malformed (IPA: `Security: Image failed safety check`).
+    #[error("{0}")]
+    Unsafe(String),
+    /// The layout needs random access beyond the spill budget: use the temp-file path.
+    #[error("the qcow2 layout cannot be streamed: {0}")]
+    NeedsFallback(String),
+    /// The stream ended before every mapped cluster arrived.
+    #[error("the qcow2 image is truncated: {0}")]
+    Truncated(String),
+    /// Writing to the target failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+fn unsafe_(msg: impl Into<String>) -> Qcow2Error {
+    Qcow2Error::Unsafe(msg.into())
+}
+
+/// The parts of the header that matter.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// 2 or 3.
+    pub version: u32,
+    /// log2 of the cluster size.
+    pub cluster_bits: u32,
+    /// Size of the virtual disk in bytes.
+    pub virtual_size: u64,
+    /// Entries in the L1 table.
+    pub l1_size: u32,
+    /// Where the L1 table is.
+    pub l1_offset: u64,
+    /// Where the refcount table is.
+    pub refcount_offset: u64,
+    /// Its length in clusters.
+    pub refcount_clusters: u32,
+    /// Internal snapshots.
+    pub nb_snapshots: u32,
+    /// zstd (1) instead of zlib (0) for compressed clusters.
+    pub zstd: bool,
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn be64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Bytes of the file needed to parse the header (it and its extensions live in cluster 0;
+/// the smallest cluster is 512 bytes, and extensions are bounded by the cluster).
+pub const HEADER_PEEK: usize = 4096;
+
+const INCOMPAT_DIRTY: u64 = 1;
+const INCOMPAT_CORRUPT: u64 = 2;
+const INCOMPAT_DATA_FILE: u64 = 4;
+const INCOMPAT_COMPRESSION: u64 = 8;
+const INCOMPAT_EXTL2: u64 = 16;
+const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+const COMPRESSED: u64 = 1 << 62;
+
+impl Header {
+    /// Parses and polices the header. `head` is the start of the file.
+    pub fn parse(head: &[u8]) -> Result<Header, Qcow2Error> {
+        let short = || unsafe_("qcow2 header is truncated");
+        if head.get(..4) != Some(b"QFI\xfb") {
+            return Err(unsafe_("not a qcow2 image"));
+        }
+        let version = be32(head, 4).ok_or_else(short)?;
+        if version != 2 && version != 3 {
+            return Err(unsafe_(format!("qcow2 version {version} is not supported")));
+        }
+        if be64(head, 8).ok_or_else(short)? != 0 {
+            return Err(unsafe_("qcow2 image has a backing file"));
+        }
+        let cluster_bits = be32(head, 20).ok_or_else(short)?;
+        if !(9..=21).contains(&cluster_bits) {
+            return Err(unsafe_(format!(
+                "qcow2 cluster_bits {cluster_bits} out of range"
+            )));
+        }
+        let virtual_size = be64(head, 24).ok_or_else(short)?;
+        if virtual_size > 1 << 55 {
+            return Err(unsafe_(format!(
+                "qcow2 virtual size {virtual_size} is absurd"
+            )));
+        }
+        if be32(head, 32).ok_or_else(short)? != 0 {
+            return Err(unsafe_("qcow2 image is encrypted"));
+        }
+        let l1_size = be32(head, 36).ok_or_else(short)?;
+        let cluster = 1u64 << cluster_bits;
+        let per_l2 = cluster / 8;
+        let needed = virtual_size.div_ceil(cluster * per_l2);
+        if u64::from(l1_size) < needed || l1_size > 1 << 25 {
+            return Err(unsafe_(format!(
+                "qcow2 L1 size {l1_size} does not fit the virtual size {virtual_size}"
+            )));
+        }
+        let mut zstd = false;
+        if version == 3 {
+            let incompat = be64(head, 72).ok_or_else(short)?;
+            let known = INCOMPAT_DIRTY
+                | INCOMPAT_CORRUPT
+                | INCOMPAT_DATA_FILE
+                | INCOMPAT_COMPRESSION
+                | INCOMPAT_EXTL2;
+            if incompat & !known != 0 {
+                return Err(unsafe_(format!(
+                    "qcow2 unknown incompatible features {incompat:#x}"
+                )));
+            }
+            if incompat & INCOMPAT_DATA_FILE != 0 {
+                return Err(unsafe_("qcow2 image uses an external data file"));
+            }
+            if incompat & INCOMPAT_EXTL2 != 0 {
+                return Err(unsafe_("qcow2 extended L2 entries are not supported"));
+            }
+            if incompat & INCOMPAT_CORRUPT != 0 {
+                return Err(unsafe_("qcow2 image is marked corrupt"));
+            }
+            let header_len = be32(head, 100).ok_or_else(short)? as usize;
+            if header_len > 104 && incompat & INCOMPAT_COMPRESSION != 0 {
+                zstd = match head.get(104).ok_or_else(short)? {
+                    0 => false,
+                    1 => true,
+                    t => return Err(unsafe_(format!("qcow2 compression type {t} unknown"))),
+                };
+            }
+            // Header extensions: refuse an external data file name.
+            let mut at = header_len.max(104);
+            // Extensions beyond what we peeked at end the walk: cluster 0 is never data.
+            while let (Some(kind), Some(len)) = (be32(head, at), be32(head, at + 4)) {
+                if kind == 0 {
+                    break;
+                }
+                if kind == 0x4441_5441 {
+                    return Err(unsafe_("qcow2 image names an external data file"));
+                }
+                at += 8 + (len as usize).div_ceil(8) * 8;
+            }
+        }
+        Ok(Header {
+            version,
+            cluster_bits,
+            virtual_size,
+            l1_size,
+            l1_offset: be64(head, 40).ok_or_else(short)?,
+            refcount_offset: be64(head, 48).ok_or_else(short)?,
+            refcount_clusters: be32(head, 56).ok_or_else(short)?,
+            nb_snapshots: be32(head, 60).ok_or_else(short)?,
+            zstd,
+        })
+    }
+
+    fn cluster(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+}
+
+/// What a host range of the file holds.
+#[derive(Debug, Clone)]
+enum Obj {
+    /// Metadata to skip (header, refcount table or blocks).
+    Skip,
+    /// The L1 table.
+    L1,
+    /// An L2 table mapping guest clusters from `guest`.
+    L2 { guest: u64 },
+    /// A data cluster for `guest`.
+    Data { guest: u64 },
+    /// A compressed cluster for `guest`, at most `len` bytes from the start.
+    Compressed { guest: u64 },
+}
+
+/// The streaming converter.
+pub struct Qcow2Stream {
+    hdr: Header,
+    pos: u64,
+    /// Host offset → (end, what), for everything known and not yet passed.
+    objs: BTreeMap<u64, (u64, Obj)>,
+    /// Bytes of metadata being gathered (L1, L2), or of a compressed cluster, by start.
+    gather: BTreeMap<u64, Vec<u8>>,
+    /// Bytes seen before their meaning was known, by host offset.
+    spill: BTreeMap<u64, Vec<u8>>,
+    spill_bytes: usize,
+    budget: usize,
+    /// L2 tables not yet parsed (once zero and L1 parsed, unknown bytes are junk).
+    l2_pending: usize,
+    l1_done: bool,
+    /// Guest ranges written, start → end (merged).
+    written: BTreeMap<u64, u64>,
+}
+
+impl Qcow2Stream {
+    /// Starts a conversion. `head` holds at least the header cluster's first bytes; `budget`
+    /// bounds the spill (bytes).
+    pub fn new(head: &[u8], budget: usize) -> Result<Qcow2Stream, Qcow2Error> {
+        let hdr = Header::parse(head)?;
+        if hdr.nb_snapshots > 0 {
+            return Err(Qcow2Error::NeedsFallback(
+                "the image has internal snapshots".into(),
+            ));
+        }
+        let c = hdr.cluster();
+        let mut objs = BTreeMap::new();
+        objs.insert(0, (c, Obj::Skip));
+        let l1_end = hdr.l1_offset + u64::from(hdr.l1_size) * 8;
+        if !hdr.l1_offset.is_multiple_of(c) || hdr.l1_offset == 0 {
+            return Err(unsafe_("qcow2 L1 table is misplaced"));
+        }
+        let rt_end = hdr.refcount_offset + u64::from(hdr.refcount_clusters) * c;
+        let mut s = Qcow2Stream {
+            hdr,
+            pos: 0,
+            objs,
+            gather: BTreeMap::new(),
+            spill: BTreeMap::new(),
+            spill_bytes: 0,
+            budget,
+            l2_pending: 0,
+            l1_done: false,
+            written: BTreeMap::new(),
+        };
+        s.add_obj(s.hdr.l1_offset, l1_end, Obj::L1)?;
+        if s.hdr.refcount_offset > 0 {
+            s.add_obj(s.hdr.refcount_offset, rt_end, Obj::Skip)?;
+        }
+        Ok(s)
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &Header {
+        &self.hdr
+    }
+
+    fn add_obj(&mut self, start: u64, end: u64, obj: Obj) -> Result<(), Qcow2Error> {
+        // Overlap with something already known means a crafted image.
+        if let Some((&s, &(e, _))) = self.objs.range(..end).next_back() {
+            if e > start && !matches!(obj, Obj::Compressed { .. }) {
+                return Err(unsafe_(format!(
+                    "qcow2 structures overlap at host offset {start:#x} (with {s:#x}..{e:#x})"
+                )));
+            }
+        }
+        self.objs.insert(start, (end, obj));
+        Ok(())
+    }
+
+    /// Feeds the next bytes of the file.
+    pub fn feed(&mut self, data: &[u8], sink: &mut dyn GuestSink) -> Result<(), Qcow2Error> {
+        let start = self.pos;
+        self.deliver(start, data, sink, true)
+    }
+
+    /// Routes bytes at host offset `at` to whatever they belong to. `live`: from the stream
+    /// (unknown bytes may spill) rather than replayed from the spill.
+    fn deliver(
+        &mut self,
+        at: u64,
+        data: &[u8],
+        sink: &mut dyn GuestSink,
+        live: bool,
+    ) -> Result<(), Qcow2Error> {
+        let end = at + data.len() as u64;
+        // Compressed clusters are at most a cluster and a sector long and may share their last
+        // sector with the next one, so several objects can cover the same byte.
+        let reach = self.hdr.cluster() + 1024;
+        let mut cur = at;
+        while cur < end {
+            let covering: Vec<(u64, u64, Obj)> = self
+                .objs
+                .range(cur.saturating_sub(reach)..=cur)
+                .filter(|(_, (e, _))| *e > cur)
+                .map(|(&s, (e, o))| (s, *e, o.clone()))
+                .collect();
+            let next_start = self
+                .objs
+                .range(cur + 1..)
+                .next()
+                .map(|(&s, _)| s)
+                .unwrap_or(u64::MAX);
+            let seg_end = covering
+                .iter()
+                .map(|(_, e, _)| *e)
+                .fold(end.min(next_start), u64::min);
+            let slice = &data[(cur - at) as usize..(seg_end - at) as usize];
+            if live {
+                // Everything before seg_end has now been seen (tables parsed at the end of
+                // this segment judge "before" and "after" by it).
+                self.pos = seg_end;
+            }
+            if covering.is_empty() {
+                if live {
+                    self.unknown(cur, slice)?;
+                }
+            } else {
+                for (s, e, obj) in covering {
+                    self.take(s, e, obj, cur, slice, sink)?;
+                }
+            }
+            cur = seg_end;
+        }
+        Ok(())
+    }
+
+    fn unknown(&mut self, at: u64, data: &[u8]) -> Result<(), Qcow2Error> {
+        if self.l1_done && self.l2_pending == 0 {
+            return Ok(()); // every mapping is known: this is unreferenced space
+        }
+        self.spill_bytes += data.len();
+        if self.spill_bytes > self.budget {
+            return Err(Qcow2Error::NeedsFallback(format!(
+                "more than {} bytes arrived before the tables that map them",
+                self.budget
+            )));
+        }
+        match self.spill.range_mut(..=at).next_back() {
+            Some((&s, v)) if s + v.len() as u64 == at => v.extend_from_slice(data),
+            _ => {
+                self.spill.insert(at, data.to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    fn take(
+        &mut self,
+        s: u64,
+        e: u64,
+        obj: Obj,
+        at: u64,
+        data: &[u8],
+        sink: &mut dyn GuestSink,
+    ) -> Result<(), Qcow2Error> {
+        match obj {
+            Obj::Skip => {}
+            Obj::Data { guest } => {
+                let g = guest + (at - s);
+                let vs = self.hdr.virtual_size;
+                if g < vs {
+                    let n = ((vs - g) as usize).min(data.len());
+                    sink.write_at(g, &data[..n])?;
+                    self.mark(g, g + n as u64);
+                }
+                if at + data.len() as u64 >= e {
+                    self.objs.remove(&s);
+                }
+            }
+            Obj::L1 | Obj::L2 { .. } | Obj::Compressed { .. } => {
+                let buf = self.gather.entry(s).or_default();
+                if s + buf.len() as u64 != at {
+                    return Err(unsafe_("qcow2 bytes out of order"));
+                }
+                buf.extend_from_slice(data);
+                if at + data.len() as u64 >= e {
+                    let buf = self.gather.remove(&s).unwrap_or_default();
+                    self.objs.remove(&s);
+                    match obj {
+                        Obj::L1 => self.parse_l1(&buf, sink)?,
+                        Obj::L2 { guest } => self.parse_l2(guest, &buf, sink)?,
+                        Obj::Compressed { guest, .. } => self.inflate(guest, &buf, sink)?,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, start: u64, end: u64) {
+        let (mut s, mut e) = (start, end);
+        if let Some((&ps, &pe)) = self.written.range(..=s).next_back() {
+            if pe >= s {
+                s = ps;
+                e = e.max(pe);
+            }
+        }
+        while let Some((&ns, &ne)) = self.written.range(s..).next() {
+            if ns > e {
+                break;
+            }
+            e = e.max(ne);
+            self.written.remove(&ns);
+        }
+        self.written.insert(s, e);
+    }
+
+    fn parse_l1(&mut self, buf: &[u8], sink: &mut dyn GuestSink) -> Result<(), Qcow2Error> {
+        let c = self.hdr.cluster();
+        let per_l2 = c / 8;
+        for (i, e) in buf.chunks_exact(8).enumerate() {
+            let raw = u64::from_be_bytes(e.try_into().map_err(|_| unsafe_("L1 entry"))?);
+            let off = raw & L2_OFFSET_MASK;
+            if off == 0 {
+                continue;
+            }
+            if !off.is_multiple_of(c) {
+                return Err(unsafe_(format!(
+                    "qcow2 L2 table at unaligned offset {off:#x}"
+                )));
+            }
+            let guest = i as u64 * per_l2 * c;
+            if guest >= self.hdr.virtual_size {
+                return Err(unsafe_("qcow2 L1 entry beyond the virtual size"));
+            }
+            if off < self.pos {
+                return Err(Qcow2Error::NeedsFallback(format!(
+                    "L2 table at {off:#x} comes before its L1 table"
+                )));
+            }
+            self.add_obj(off, off + c, Obj::L2 { guest })?;
+            self.l2_pending += 1;
+            self.replay(off, off + c, sink)?;
+        }
+        self.l1_done = true;
+        self.drop_spill_if_done();
+        Ok(())
+    }
+
+    fn parse_l2(
+        &mut self,
+        guest0: u64,
+        buf: &[u8],
+        sink: &mut dyn GuestSink,
+    ) -> Result<(), Qcow2Error> {
+        self.l2_pending = self.l2_pending.saturating_sub(1);
+        let c = self.hdr.cluster();
+        let cb = self.hdr.cluster_bits;
+        for (i, e) in buf.chunks_exact(8).enumerate() {
+            let raw = u64::from_be_bytes(e.try_into().map_err(|_| unsafe_("L2 entry"))?);
+            let guest = guest0 + i as u64 * c;
+            if raw & COMPRESSED != 0 {
+                let x = 62 - (cb - 8);
+                let off = raw & ((1u64 << x) - 1);
+                let sectors = (raw & !COMPRESSED & !(1 << 63)) >> x;
+                let len = (sectors + 1) * 512 - (off & 511);
+                if guest >= self.hdr.virtual_size || off < c {
+                    return Err(unsafe_("qcow2 compressed cluster out of range"));
+                }
+                if off < self.pos && !self.spill_covers(off) {
+                    return Err(Qcow2Error::NeedsFallback(format!(
+                        "compressed cluster at {off:#x} came before its L2 table and was not kept"
+                    )));
+                }
+                self.add_obj(off, off + len, Obj::Compressed { guest })?;
+                self.replay(off, off + len, sink)?;
+            } else {
+                let off = raw & L2_OFFSET_MASK;
+                if off == 0 || (self.hdr.version == 3 && raw & 1 != 0) {
+                    continue; // unallocated or zero cluster: zeros at the end
+                }
+                if !off.is_multiple_of(c) || guest >= self.hdr.virtual_size {
+                    return Err(unsafe_(format!(
+                        "qcow2 data cluster entry {raw:#x} is invalid"
+                    )));
+                }
+                if off < self.pos && !self.spill_covers(off) {
+                    return Err(Qcow2Error::NeedsFallback(format!(
+                        "data cluster at {off:#x} came before its L2 table and was not kept"
+                    )));
+                }
+                self.add_obj(off, off + c, Obj::Data { guest })?;
+                self.replay(off, off + c, sink)?;
+            }
+        }
+        self.drop_spill_if_done();
+        Ok(())
+    }
+
+    fn spill_covers(&self, off: u64) -> bool {
+        self.spill
+            .range(..=off)
+            .next_back()
+            .is_some_and(|(&s, v)| s + v.len() as u64 > off)
+    }
+
+    /// Re-delivers spilled bytes in `[start, end)` to the object just learnt.
+    fn replay(&mut self, start: u64, end: u64, sink: &mut dyn GuestSink) -> Result<(), Qcow2Error> {
+        let keys: Vec<u64> = self
+            .spill
+            .range(..end)
+            .filter(|(&s, v)| s + v.len() as u64 > start)
+            .map(|(&s, _)| s)
+            .collect();
+        for k in keys {
+            let Some(v) = self.spill.get(&k) else {
+                continue;
+            };
+            let from = start.max(k);
+            let to = end.min(k + v.len() as u64);
+            let piece = v[(from - k) as usize..(to - k) as usize].to_vec();
+            self.deliver(from, &piece, sink, false)?;
+        }
+        Ok(())
+    }
+
+    fn drop_spill_if_done(&mut self) {
+        if self.l1_done && self.l2_pending == 0 && !self.spill.is_empty() {
+            // Everything mapped has been replayed; the rest is unreferenced.
+            self.spill.clear();
+        }
+    }
+
+    fn inflate(
+        &mut self,
+        guest: u64,
+        buf: &[u8],
+        sink: &mut dyn GuestSink,
+    ) -> Result<(), Qcow2Error> {
+        let c = self.hdr.cluster() as usize;
+        let mut out = vec![0u8; c];
+        let n = if self.hdr.zstd {
+            let mut d = zstd::bulk::Decompressor::new().map_err(Qcow2Error::Io)?;
+            // The stored length is rounded up to sectors: trailing bytes after the frame are
+            // ignored by decoding a single frame.
+            let frame = zstd::zstd_safe::find_frame_compressed_size(buf)
+                .map_err(|_| unsafe_("qcow2 zstd cluster is corrupt"))?;
+            d.decompress_to_buffer(&buf[..frame.min(buf.len())], &mut out)
+                .map_err(|_| {
+                    unsafe_("qcow2 compressed cluster inflates beyond a cluster or is corrupt")
+                })?
+        } else {
+            // One byte of room past the cluster: if the stream fills it, it inflates beyond a
+            // cluster (a decompression bomb), whatever the decoder says about its state.
+            let mut big = vec![0u8; c + 1];
+            let mut d = flate2::Decompress::new(false);
+            let st = d.decompress(buf, &mut big, flate2::FlushDecompress::Finish);
+            let n = d.total_out() as usize;
+            if n > c {
+                return Err(unsafe_(
+                    "qcow2 compressed cluster inflates beyond a cluster",
+                ));
+            }
+            match st {
+                Ok(flate2::Status::StreamEnd) => {}
+                Ok(_) if n == c => {} // a full cluster; the padding after the stream is ignored
+                _ => return Err(unsafe_("qcow2 compressed cluster is corrupt")),
+            }
+            out[..n].copy_from_slice(&big[..n]);
+            n
+        };
+        let vs = self.hdr.virtual_size;
+        let n = n.min((vs - guest) as usize);
+        sink.write_at(guest, &out[..n])?;
+        self.mark(guest, guest + n as u64);
+        Ok(())
+    }
+
+    /// Ends the stream: every mapped cluster must have arrived. Returns the guest ranges that
+    /// nothing was written to (to be zeroed), in order.
+    pub fn finish(self) -> Result<Vec<(u64, u64)>, Qcow2Error> {
+        if !self.l1_done {
+            return Err(Qcow2Error::Truncated("the L1 table never arrived".into()));
+        }
+        if let Some((s, (_, obj))) = self.objs.iter().find(|(_, (_, o))| !matches!(o, Obj::Skip)) {
+            return Err(Qcow2Error::Truncated(format!(
+                "{obj:?} at host offset {s:#x} never arrived (stream ended at {:#x})",
+                self.pos
+            )));
+        }
+        let mut holes = Vec::new();
+        let mut cur = 0;
+        for (&s, &e) in &self.written {
+            if s > cur {
+                holes.push((cur, s));
+            }
+            cur = cur.max(e);
+        }
+        if cur < self.hdr.virtual_size {
+            holes.push((cur, self.hdr.virtual_size));
+        }
+        Ok(holes)
+    }
+}
