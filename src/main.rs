@@ -132,6 +132,10 @@ struct DeployArgs {
     /// Directory for the temporary copy of images that cannot stream.
     #[arg(long, value_name = "DIR")]
     tmp_dir: Option<PathBuf>,
+    /// Convert qcow2 through a temporary file and qemu-img, as IPA does, instead of while it
+    /// streams (for comparison).
+    #[arg(long)]
+    temp_file: bool,
     /// Image id used in messages (default: the file name of the first URL).
     #[arg(long, value_name = "ID")]
     image_id: Option<String>,
@@ -253,6 +257,7 @@ fn deploy(a: DeployArgs) -> anyhow::Result<()> {
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect(),
+            stream: !a.temp_file,
             ..Default::default()
         },
         tmp_dir: a.tmp_dir.clone(),

@@ -22,6 +22,8 @@ pub struct FormatPolicy {
     pub deep: bool,
     /// Bytes a qcow2 stream may hold before its tables arrive.
     pub spill_budget: usize,
+    /// Convert qcow2 while it streams; false takes the temp-file path, as IPA does.
+    pub stream: bool,
 }
 
 impl Default for FormatPolicy {
@@ -31,6 +33,7 @@ impl Default for FormatPolicy {
             permitted: vec!["raw".into(), "gpt".into(), "qcow2".into()],
             deep: true,
             spill_budget: 16 << 20,
+            stream: true,
         }
     }
 }
@@ -175,6 +178,12 @@ impl Decoder {
                     return Err(e);
                 }
                 self.w.push(&buf)?;
+            }
+            Format::Qcow2 if !self.policy.stream => {
+                return Err(DecodeError::Fallback {
+                    format: Format::Qcow2,
+                    why: "streaming conversion is off".into(),
+                })
             }
             Format::Qcow2 => {
                 let q = Qcow2Stream::new(&buf, self.policy.spill_budget).map_err(|e| match e {
