@@ -2,13 +2,26 @@
 """Helpers for bench/run.sh (standard library only, any python3 >= 3.8).
 
 Sub-commands:
-  genimage IMAGE SIZE_MIB     make the test image and IMAGE.sums.json
-  image-ok IMAGE SIZE_MIB     exit 0 if that image can be reused
+  genimage IMAGE SIZE_MIB [COMPRESSIBLE]
+                              make the test image and IMAGE.sums.json;
+                              COMPRESSIBLE (default 0, as bench/run.sh): the
+                              fraction of the payload that is compressible
+                              text instead of random data (bench/formats.sh)
+  image-ok IMAGE SIZE_MIB [COMPRESSIBLE]
+                              exit 0 if that image can be reused
   verify IMAGE SUMS_JSON BACKING_FILE LOOPDEV
                               check that the target holds the image
   freeport                    print a free TCP port on 127.0.0.1
   table RESULTS_TSV SIZE_BYTES TARGETS...
                               print the markdown result table
+  ftable RESULTS_TSV VIRTUAL_BYTES TARGETS...
+                              print bench/formats.sh's markdown table
+  put-section FILE HEADING NEW_TEXT_FILE
+                              replace FILE from the line HEADING to its end
+                              with NEW_TEXT_FILE (append it if HEADING is absent)
+  put-head FILE HEADING NEW_TEXT_FILE
+                              replace FILE up to the line HEADING with
+                              NEW_TEXT_FILE, keeping HEADING and what follows
 """
 
 import hashlib
@@ -34,15 +47,38 @@ GEN_VERSION = 2  # bump when the image layout changes: old images are remade
 
 
 # --------------------------------------------------------------- genimage
-def genimage(path, size_mib):
+def _text_pool(rng, size):
+    """Compressible bytes: text made of words from a small vocabulary
+    (zlib packs it about 2-3x, as it would a file system full of text and
+    binaries)."""
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    vocab = ["".join(rng.choices(letters, k=rng.randrange(2, 11)))
+             for _ in range(4096)]
+    out = []
+    n = 0
+    while n < size:
+        line = " ".join(rng.choices(vocab, k=rng.randrange(4, 16))) + "\n"
+        out.append(line)
+        n += len(line)
+    return "".join(out).encode()[:size]
+
+
+def genimage(path, size_mib, compressible="0"):
     size_mib = int(size_mib)
     if size_mib < 8:
         sys.exit("SIZE_MIB must be at least 8")
+    comp_target = float(compressible)
+    if not 0 <= comp_target <= 0.6:
+        sys.exit("COMPRESSIBLE must be between 0 and 0.6")
     size = size_mib * MIB
     rng = random.Random(20240229 + size_mib)  # layout is reproducible
     tmp = path + ".tmp"
     zero = bytes(CHUNK)
     zero_bytes = 0
+    comp_bytes = 0
+    # Only used with COMPRESSIBLE > 0, so that the default image (bench/run.sh)
+    # keeps exactly the layout it always had.
+    pool = _text_pool(rng, 2 * CHUNK) if comp_target > 0 else b""
     with open(tmp, "wb") as f:
         # GPT areas at both ends stay zero here; sgdisk fills them below.
         f.write(bytes(EDGE))
@@ -62,13 +98,31 @@ def genimage(path, size_mib):
                 is_zero = False
             else:
                 is_zero = rng.random() < 0.30
+            # Non-zero segments: random, or (COMPRESSIBLE > 0) text, picked
+            # the same way so that ~COMPRESSIBLE of the payload is text.
+            is_text = False
+            if comp_target > 0 and not is_zero:
+                if comp_bytes / done < comp_target - 0.05:
+                    is_text = True
+                elif (comp_bytes + seg) / done > comp_target + 0.05:
+                    is_text = False
+                else:
+                    is_text = rng.random() < comp_target / 0.7
             left = seg
             while left:
                 n = min(left, CHUNK)
-                f.write(zero[:n] if is_zero else os.urandom(n))
+                if is_zero:
+                    f.write(zero[:n])
+                elif is_text:
+                    o = rng.randrange(0, len(pool) - n + 1)
+                    f.write(pool[o:o + n])
+                else:
+                    f.write(os.urandom(n))
                 left -= n
             if is_zero:
                 zero_bytes += seg
+            if is_text:
+                comp_bytes += seg
             pos += seg
         f.write(bytes(EDGE))
     # GPT: an EFI partition and a root partition, both 1 MiB aligned, inside
@@ -115,6 +169,8 @@ def genimage(path, size_mib):
         "payload_range": [EDGE, size - EDGE],
         "gpt": gpt_summary(head),
         "zero_fraction": round(zero_bytes / size, 3),
+        "compressible": comp_target,
+        "compressible_fraction": round(comp_bytes / size, 3),
         "sectors": sectors,
         "generator": GEN_VERSION,
     }
@@ -122,7 +178,8 @@ def genimage(path, size_mib):
     with open(path + ".sums.json", "w") as f:
         json.dump(sums, f, indent=1)
     print(f"image {path}: {size_mib} MiB, {sums['zero_fraction'] * 100:.1f} % "
-          f"zero, sha256 {sums['sha256']}", file=sys.stderr)
+          f"zero, {sums['compressible_fraction'] * 100:.1f} % text, "
+          f"sha256 {sums['sha256']}", file=sys.stderr)
 
 
 def gpt_summary(head):
@@ -141,7 +198,7 @@ def gpt_summary(head):
     }
 
 
-def image_ok(path, size_mib):
+def image_ok(path, size_mib, compressible="0"):
     """Exit 0 if IMAGE and its sums can be reused for SIZE_MIB."""
     try:
         with open(path + ".sums.json") as f:
@@ -150,7 +207,8 @@ def image_ok(path, size_mib):
         fresh = os.stat(path + ".sums.json").st_mtime >= st.st_mtime
         ok = (fresh and st.st_size == int(size_mib) * MIB
               and sums.get("size") == st.st_size
-              and sums.get("generator") == GEN_VERSION)
+              and sums.get("generator") == GEN_VERSION
+              and float(sums.get("compressible", 0)) == float(compressible))
     except (OSError, ValueError):
         ok = False
     return 0 if ok else 1
@@ -320,6 +378,167 @@ def table(tsv, size_bytes, targets):
     print("\n".join(out))
 
 
+# ------------------------------------------------------ formats (formats.sh)
+FMT_LABELS = {"raw": "raw", "qcow2": "qcow2", "qcow2c": "qcow2 -c"}
+FMT_ORDER = ["raw", "qcow2", "qcow2c"]
+KIND_ORDER = ["rivet", "rivet_tmp", "ipa", "ipa_stream", "ipa_dl", "ipa_wr"]
+KIND_LABELS = {
+    "rivet": "rivet deploy (streaming)",
+    "rivet_tmp": "rivet deploy --temp-file (download, then qemu-img convert)",
+    "ipa": "IPA 13.0.0 prepare_image",
+    "ipa_stream": "… of which IPA's streaming to the device",
+    "ipa_dl": "… of which IPA's download to its temp file",
+    "ipa_wr": "… of which IPA's inspection + qemu-img convert",
+}
+BAD = ("FAIL", "MISMATCH", "UNFLUSHED")
+
+
+def ftable(tsv, virtual_bytes, targets):
+    """TSV columns: run target fmt kind seconds rss_kib tmp_peak_bytes
+    tmp_left_bytes status download_bytes ('-' where not measured)."""
+    virtual = int(virtual_bytes)
+    rows = {}
+    with open(tsv) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            (_, target, fmt, kind, secs, rss, peak, left, status,
+             dl) = line.rstrip("\n").split("\t")
+            r = rows.setdefault((target, fmt, kind), {
+                "secs": [], "rss": [], "peak": [], "left": [], "status": [],
+                "dl": None})
+            if secs != "-":
+                r["secs"].append(float(secs))
+            if rss != "-":
+                r["rss"].append(int(rss))
+            if peak != "-":
+                r["peak"].append(int(peak))
+            if left != "-":
+                r["left"].append(int(left))
+            r["status"].append(status)
+            if dl != "-":
+                r["dl"] = int(dl)
+
+    def med(key):
+        r = rows.get(key)
+        if (not r or not r["secs"]
+                or any(s.startswith(BAD) for s in r["status"])):
+            return None
+        return statistics.median(r["secs"])
+
+    def fmt_n(x, nd=0):
+        return "—" if x is None else f"{x:.{nd}f}"
+
+    out = ["| target | image (download MiB) | agent, path | s (median) "
+           "| MB/s (virtual) | peak RSS MiB | temp file (peak MiB in tmp) "
+           "| left in tmp MiB | time ÷ rivet raw | speed-up over IPA "
+           "| written |",
+           "|---|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
+    summary = []
+    for t in targets:
+        raw_rivet = med((t, "raw", "rivet"))
+        for fm in FMT_ORDER:
+            ipa = med((t, fm, "ipa"))
+            for kind in KIND_ORDER:
+                key = (t, fm, kind)
+                if key not in rows:
+                    continue
+                r = rows[key]
+                s = med(key)
+                phase = kind.startswith("ipa_")
+                dl = r["dl"] or rows.get((t, fm, "rivet"), {}).get("dl")
+                image = (f"{FMT_LABELS[fm]} ({dl / MIB:.0f})" if dl
+                         else FMT_LABELS[fm])
+                rss = max(r["rss"]) / 1024 if r["rss"] else None
+                if r["peak"]:
+                    pk = max(r["peak"]) / MIB
+                    tmpcol = (f"yes ({pk:.0f})" if pk >= 1
+                              else f"no ({pk:.0f})")
+                else:
+                    tmpcol = ""
+                leftcol = (fmt_n(max(r["left"]) / MIB) if r["left"] else "")
+                ratio_raw = ""
+                if not phase and s and raw_rivet:
+                    ratio_raw = f"{s / raw_rivet:.2f}"
+                speedup = ""
+                if kind.startswith("rivet") and s and ipa:
+                    speedup = f"{ipa / s:.2f}×"
+                written = ("" if phase
+                           else ",".join(sorted(set(r["status"]))))
+                out.append(
+                    f"| {t} | {image} | {KIND_LABELS[kind]} | {fmt_n(s, 3)} "
+                    f"| {fmt_n(virtual / 1e6 / s if s else None)} "
+                    f"| {fmt_n(rss, 1)} | {tmpcol} | {leftcol} | {ratio_raw} "
+                    f"| {speedup} | {written} |")
+        for fm in ("qcow2", "qcow2c"):
+            s = med((t, fm, "rivet"))
+            if s and raw_rivet:
+                q = s / raw_rivet
+                goal = ""
+                if fm == "qcow2":
+                    goal = (" — target ≤ 1.1: "
+                            + ("met" if q <= 1.1 else "**missed**"))
+                summary.append(f"- {t}: rivet {FMT_LABELS[fm]} streaming "
+                               f"time ÷ rivet raw time = {q:.2f}{goal}")
+        for fm in FMT_ORDER:
+            ipa = med((t, fm, "ipa"))
+            for kind in ("rivet", "rivet_tmp"):
+                s = med((t, fm, kind))
+                if s and ipa:
+                    summary.append(
+                        f"- {t}: {FMT_LABELS[fm]}: {KIND_LABELS[kind]} is "
+                        f"{ipa / s:.2f}× as fast as IPA "
+                        f"({s:.3f} s vs {ipa:.3f} s)")
+    print("\n".join(out))
+    if summary:
+        print()
+        print("\n".join(summary))
+
+
+def _read_lines(path):
+    try:
+        with open(path) as f:
+            return f.read().splitlines(keepends=True)
+    except FileNotFoundError:
+        return []
+
+
+def _find_heading(lines, heading):
+    for i, line in enumerate(lines):
+        if line.rstrip("\r\n").rstrip() == heading:
+            return i
+    return None
+
+
+def _write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def put_section(path, heading, new_file):
+    """Replace PATH from the line HEADING to its end with NEW_FILE's text,
+    or append that text when HEADING is absent; what precedes stays."""
+    lines = _read_lines(path)
+    i = _find_heading(lines, heading)
+    head = "".join(lines if i is None else lines[:i]).rstrip("\n")
+    with open(new_file) as f:
+        new = f.read().strip("\n")
+    _write_atomic(path, (head + "\n\n" if head else "") + new + "\n")
+
+
+def put_head(path, heading, new_file):
+    """Replace PATH up to the line HEADING with NEW_FILE's text, keeping
+    HEADING and what follows it (all of PATH is replaced when absent)."""
+    lines = _read_lines(path)
+    i = _find_heading(lines, heading)
+    tail = "" if i is None else "".join(lines[i:]).strip("\n")
+    with open(new_file) as f:
+        new = f.read().strip("\n")
+    _write_atomic(path, new + "\n" + ("\n" + tail + "\n" if tail else ""))
+
+
 def main(argv):
     if len(argv) < 2:
         sys.exit(__doc__)
@@ -334,6 +553,12 @@ def main(argv):
         freeport()
     elif cmd == "table":
         table(args[0], args[1], args[2:])
+    elif cmd == "ftable":
+        ftable(args[0], args[1], args[2:])
+    elif cmd == "put-section":
+        put_section(*args)
+    elif cmd == "put-head":
+        put_head(*args)
     else:
         sys.exit(__doc__)
     return 0

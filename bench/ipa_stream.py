@@ -1,39 +1,64 @@
 #!/usr/bin/env python3
-"""Drive the real ironic-python-agent (IPA) standby code to stream a raw image.
+"""Drive the real ironic-python-agent (IPA) standby code to write an image.
 
 Run it with the python of a venv holding ironic-python-agent==13.0.0:
 
     ipa-venv/bin/python bench/ipa_stream.py --url URL --device /dev/loopN \
-        --os-hash-algo sha256 --os-hash-value HEX [--call prepare_image]
+        --os-hash-algo sha256 --os-hash-value HEX [--call prepare_image] \
+        [--disk-format raw|qcow2]
 
 --call prepare_image (default) runs StandbyExtension.prepare_image, the agent
 command Ironic sends, exactly as IPA runs it (in its async command thread),
-with image_info {disk_format: raw, stream_raw_images: True}.  For a whole-disk
-raw image that is: _stream_raw_image_onto_device (HTTP GET with requests,
-1 MiB chunks hashed with hashlib and written to the device, checksum check,
-`parted`/`sgdisk -e` to move the backup GPT to the end of the device, `lsblk`
-for the root UUID), then _validate_partitioning (`partprobe`, `parted`) and
-_fix_up_partition_uuids (`hexdump`).
+with image_info {disk_format: raw (--disk-format), stream_raw_images: True}.
+For a whole-disk raw image that is: _stream_raw_image_onto_device (HTTP GET
+with requests, 1 MiB chunks hashed with hashlib and written to the device,
+checksum check, `parted`/`sgdisk -e` to move the backup GPT to the end of the
+device, `lsblk` for the root UUID), then _validate_partitioning (`partprobe`,
+`parted`) and _fix_up_partition_uuids (`hexdump`).
 
 --call stream runs only StandbyExtension._stream_raw_image_onto_device.
+
+--disk-format qcow2 (or any format but raw; prepare_image only) takes IPA's
+other path, _cache_and_write_image: _download_image (HTTP GET, hashed, into
+the file tempfile.gettempdir()/<image id>, so set TMPDIR to choose its
+directory; IPA leaves that file behind), checksum check, then _write_image:
+the format inspector's detection and safety check, destroy_disk_metadata
+(wipefs, dd over both GPT areas, sgdisk -Z), `qemu-img convert -O
+host_device -t directsync -S 0 -W` under prlimit, sync + partprobe and
+`sgdisk -e`; then the same _validate_partitioning and
+_fix_up_partition_uuids as above.
 
 The only thing replaced is the hardware-manager lookup of the install device
 (hardware.dispatch_to_managers('get_os_install_device')): on a real node it
 inspects the machine's disks; here it returns --device.  Every other method
 name is passed on to the real dispatcher.  Nothing else is mocked: the tools
-IPA shells out to (parted, partprobe, sgdisk, lsblk, hexdump) must be
-installed (bench/run.sh installs them).
+IPA shells out to (parted, partprobe, sgdisk, lsblk, hexdump; for qcow2 also
+qemu-img, wipefs, dd) must be installed (bench/run.sh and bench/formats.sh
+install them).
 
 Prints one JSON line on stdout: {"ok": bool, "seconds": float, ...}, where
 seconds is the time of the command itself, measured in-process (python start
 and IPA's import time are not included: in a running agent they are paid once
-at boot).  Exit code 0 means IPA reported success.
+at boot), and vmhwm_kib the peak RSS of this python process alone (without
+the qemu-img it runs).  Exit code 0 means IPA reported success.
 """
 
 import argparse
 import json
 import sys
 import time
+
+
+def vmhwm_kib():
+    """Peak RSS of this process alone (children not included)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def main():
@@ -44,8 +69,12 @@ def main():
     ap.add_argument("--os-hash-value", required=True)
     ap.add_argument("--call", choices=["prepare_image", "stream"],
                     default="prepare_image")
+    ap.add_argument("--disk-format", default="raw",
+                    help="image_info's disk_format (what Ironic declares)")
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args()
+    if args.call == "stream" and args.disk_format != "raw":
+        ap.error("--call stream only streams raw images")
 
     t_import = time.monotonic()
     from oslo_config import cfg
@@ -89,7 +118,7 @@ def main():
         "urls": [args.url],
         "os_hash_algo": args.os_hash_algo,
         "os_hash_value": args.os_hash_value,
-        "disk_format": "raw",
+        "disk_format": args.disk_format,
         "stream_raw_images": True,
         "image_type": "whole-disk",
         "node_uuid": "00000000-0000-0000-0000-000000000000",
@@ -118,6 +147,7 @@ def main():
             result["message"] = f"{type(e).__name__}: {e}"
     result["seconds"] = time.monotonic() - t0
     result["ok"] = ok
+    result["vmhwm_kib"] = vmhwm_kib()
     print(json.dumps(result), flush=True)
     return 0 if ok else 1
 

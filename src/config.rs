@@ -190,6 +190,21 @@ pub const OPTIONS: &[OptionSpec] = &[
         "Server certificate (PEM) for listen_tls",
     ),
     opt("tls_key_file", None, "Server key (PEM) for listen_tls"),
+    switch(
+        "enable_auto_tls",
+        "true",
+        "Serve the API over TLS with a self-signed certificate when Ironic supports it (API 1.68)",
+    ),
+    opt(
+        "tls_certificate_curve",
+        Some("p384"),
+        "Curve of the auto-TLS key (p256 or p384)",
+    ),
+    opt(
+        "tls_state_dir",
+        Some("/run/rivet"),
+        "Where the auto-TLS certificate and key are kept",
+    ),
     opt(
         "ntp_server",
         None,

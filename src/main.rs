@@ -435,13 +435,11 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn serve(a: ServeArgs, logs: Arc<rivet::agent::log::LogBuffer>) -> anyhow::Result<()> {
+    use rivet::agent::{ironic, tls};
     let env: std::collections::BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("RIVET_"))
         .collect();
     let settings = rivet::config::Settings::load(&a.flags, &env)?;
-    if settings.bool("listen_tls")? {
-        anyhow::bail!("listen_tls is not supported by this version of rivet");
-    }
     let addr = settings.listen_addr()?;
     let agent = rivet::agent::Agent::new(settings, logs).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -449,23 +447,67 @@ fn serve(a: ServeArgs, logs: Arc<rivet::agent::log::LogBuffer>) -> anyhow::Resul
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        let s = agent.settings();
+        // Ironic's API version decides auto-TLS, so it is learnt before serving.
+        let mut api = ironic::Ironic::new(&agent)?;
+        if let Some(i) = api.as_mut() {
+            let v = i.discover_version().await;
+            tracing::info!("Ironic API version {}.{}", v.0, v.1);
+        }
+        let min_tls = s.get("tls_min_version").unwrap_or("1.2").to_string();
+        let server_tls = if s.bool("listen_tls")? {
+            let (Some(cert), Some(key)) = (s.get("tls_cert_file"), s.get("tls_key_file")) else {
+                anyhow::bail!("listen_tls needs tls_cert_file and tls_key_file");
+            };
+            Some(
+                tls::static_tls(cert.as_ref(), key.as_ref(), &min_tls)
+                    .map_err(anyhow::Error::msg)?,
+            )
+        } else if let Some(i) = api
+            .as_ref()
+            .filter(|i| i.version() >= (1, 68) && s.bool("enable_auto_tls").unwrap_or(true))
+        {
+            let host = ironic::advertise_host(&agent, i)?;
+            let ip: std::net::IpAddr =
+                host.trim_matches(['[', ']']).parse().with_context(|| {
+                    format!("auto-TLS needs an IP address to advertise, not {host}")
+                })?;
+            let curve = s.get("tls_certificate_curve").unwrap_or("p384");
+            let dir = s.get("tls_state_dir").map(std::path::PathBuf::from);
+            agent.set_setting("advertise_protocol", "https");
+            Some(tls::auto_tls(ip, curve, &min_tls, dir.as_deref()).map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let bound = listener.local_addr()?;
+        let scheme = if server_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        agent.set_setting("api_scheme", scheme);
         tracing::info!(
-            "rivet {} agent API listening on {bound} (power backend: {})",
+            "rivet {} agent API listening on {scheme}://{bound} (power backend: {})",
             rivet::agent::VERSION,
             agent.power().name()
         );
         let app = rivet::agent::api::router(Arc::clone(&agent));
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
-        match rivet::agent::ironic::run(Arc::clone(&agent), bound.port()).await {
-            Ok(()) => {}
-            Err(e) => {
-                server.abort();
-                return Err(anyhow::Error::new(e));
+        let verify_ca = server_tls.as_ref().and_then(|t| t.verify_ca.clone());
+        let server = match server_tls {
+            Some(t) => tokio::spawn(async move { tls::serve(listener, app, t.config).await }),
+            None => tokio::spawn(async move { axum::serve(listener, app).await }),
+        };
+        match api {
+            Some(i) => {
+                if let Err(e) = ironic::run(Arc::clone(&agent), i, bound.port(), verify_ca).await {
+                    server.abort();
+                    return Err(anyhow::Error::new(e));
+                }
             }
+            None => tracing::info!("no api_url: running standalone (API only)"),
         }
         server.await??;
         Ok(())

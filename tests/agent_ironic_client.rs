@@ -16,12 +16,21 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef-rivet";
 
 /// Runs one scenario of `tests/ironic/drive_agent.py`; returns (exit code, stdout JSON line).
 fn drive(py: &str, agent: &AgentProc, args: &[&str]) -> (i32, serde_json::Value, String) {
+    drive_url(py, agent, &agent.url(), args)
+}
+
+fn drive_url(
+    py: &str,
+    agent: &AgentProc,
+    url: &str,
+    args: &[&str],
+) -> (i32, serde_json::Value, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ironic/drive_agent.py");
     let out = Command::new(py)
         .arg(script)
         .args([
             "--agent-url",
-            &agent.url(),
+            url,
             "--token",
             TOKEN,
             "--timeout",
@@ -223,4 +232,56 @@ fn ironic_agent_client_deploys_through_rivet() {
     let (rc, v, log) = drive(&py, &agent, &["--scenario", "collect_logs"]);
     assert_eq!(rc, 0, "{log}");
     assert!(v.to_string().contains("rivet.log"), "{log}");
+}
+
+/// Ironic's client over HTTPS (its default minimum is TLS 1.3), verifying the agent's
+/// certificate as `agent_verify_ca`.
+#[test]
+fn ironic_agent_client_over_tls() {
+    let Some(py) = ironic_python("ironic_agent_client_tls") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let agent = AgentProc::start(
+        dir.path(),
+        &[
+            "--listen-tls",
+            "--tls-cert-file",
+            c.to_str().unwrap(),
+            "--tls-key-file",
+            k.to_str().unwrap(),
+            "--agent-token",
+            TOKEN,
+        ],
+    );
+    let url = format!("https://127.0.0.1:{}", agent.port);
+    let (rc, v, log) = drive_url(
+        &py,
+        &agent,
+        &url,
+        &["--scenario", "sync", "--verify-ca", c.to_str().unwrap()],
+    );
+    assert_eq!(rc, 0, "{log}");
+    assert_eq!(v["command_status"], "SUCCEEDED", "{log}");
+    let (rc, _, log) = drive_url(
+        &py,
+        &agent,
+        &url,
+        &[
+            "--scenario",
+            "deploy_steps",
+            "--verify-ca",
+            c.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(rc, 0, "{log}");
 }

@@ -136,6 +136,8 @@ fn lookup_then_heartbeats_as_ipa_sends_them() {
             "/nonexistent",
             "--image-download-connection-retries",
             "0",
+            "--enable-auto-tls",
+            "false",
         ],
     );
     let reqs = wait_for(&seen, 1, 15);
@@ -221,4 +223,99 @@ fn without_an_api_url_the_agent_is_standalone() {
         "{}",
         agent.log_text()
     );
+}
+
+/// With Ironic at API 1.68 or later, the agent serves HTTPS with a fresh self-signed
+/// certificate, advertises an https callback and sends the certificate as agent_verify_ca;
+/// that certificate really verifies the API.
+#[test]
+fn auto_tls_sends_its_certificate_and_serves_https() {
+    let (ironic, seen) = fake_ironic(0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let agent = AgentProc::start_on(
+        dir.path(),
+        port,
+        &[
+            "--api-url",
+            &format!("http://127.0.0.1:{ironic}"),
+            "--lookup-addresses",
+            "52:54:00:12:34:56",
+            "--advertise-host",
+            "127.0.0.1",
+            "--advertise-port",
+            &port.to_string(),
+            "--tls-state-dir",
+            dir.path().join("tls").to_str().unwrap(),
+        ],
+    );
+    let reqs = wait_for(&seen, 1, 15);
+    let hb = reqs
+        .iter()
+        .find(|r| r.target.starts_with("/v1/heartbeat"))
+        .unwrap_or_else(|| panic!("{}", agent.log_text()));
+    assert_eq!(hb.body["callback_url"], format!("https://127.0.0.1:{port}"));
+    let pem = hb.body["agent_verify_ca"]
+        .as_str()
+        .expect("agent_verify_ca")
+        .to_string();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("tls/agent.crt")).unwrap(),
+        pem
+    );
+    let status = https_get(&pem, port, "/v1/status");
+    assert!(status.contains("started_at"), "{status}");
+}
+
+/// `listen_tls` with a certificate and key given as files.
+#[test]
+fn static_tls_serves_the_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let agent = AgentProc::start(
+        dir.path(),
+        &[
+            "--listen-tls",
+            "--tls-cert-file",
+            c.to_str().unwrap(),
+            "--tls-key-file",
+            k.to_str().unwrap(),
+            "--agent-token",
+            TOKEN,
+        ],
+    );
+    let root = https_get(&cert.pem(), agent.port, "/");
+    assert!(
+        root.contains(&format!("https://127.0.0.1:{}/v1", agent.port)),
+        "{root}"
+    );
+}
+
+fn https_get(ca_pem: &str, port: u16, path: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem(ca_pem.as_bytes()).ok())
+            .build()
+            .unwrap();
+        let r = client
+            .get(format!("https://127.0.0.1:{port}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    })
 }

@@ -331,14 +331,24 @@ pub fn apply_lookup(agent: &Agent, answer: &Value) -> Result<(), IronicError> {
     Ok(())
 }
 
-/// Lookup, then heartbeats until the process ends. Returns only on a fatal error.
-pub async fn run(agent: Arc<Agent>, listen_port: u16) -> Result<(), IronicError> {
-    let Some(mut ironic) = Ironic::new(&agent)? else {
-        tracing::info!("no api_url: running standalone (API only)");
-        return Ok(());
-    };
-    let version = ironic.discover_version().await;
-    tracing::info!("Ironic API version {}.{}", version.0, version.1);
+/// The address to advertise: `advertise_host`, else the local address that reaches Ironic.
+pub fn advertise_host(agent: &Agent, ironic: &Ironic) -> Result<String, IronicError> {
+    match agent.settings().get("advertise_host") {
+        Some(h) => Ok(h.to_string()),
+        None => local_address_towards(ironic.first_url())
+            .map(|ip| ip.to_string())
+            .ok_or_else(|| IronicError::Config("cannot find an address to advertise".into())),
+    }
+}
+
+/// Lookup, then heartbeats until the process ends (the API is already serving). Returns only
+/// on a fatal error. `verify_ca` is the auto-TLS certificate, sent as `agent_verify_ca`.
+pub async fn run(
+    agent: Arc<Agent>,
+    mut ironic: Ironic,
+    listen_port: u16,
+    verify_ca: Option<String>,
+) -> Result<(), IronicError> {
     let s = agent.settings();
     let addresses = match s.list("lookup_addresses") {
         l if l.is_empty() => nic_macs(),
@@ -361,12 +371,7 @@ pub async fn run(agent: Arc<Agent>, listen_port: u16) -> Result<(), IronicError>
     tracing::info!(node = %node_uuid, "lookup succeeded");
 
     let s = agent.settings();
-    let host = match s.get("advertise_host") {
-        Some(h) => h.to_string(),
-        None => local_address_towards(ironic.first_url())
-            .map(|ip| ip.to_string())
-            .ok_or_else(|| IronicError::Config("cannot find an address to advertise".into()))?,
-    };
+    let host = advertise_host(&agent, &ironic)?;
     let host = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {
@@ -387,6 +392,9 @@ pub async fn run(agent: Arc<Agent>, listen_port: u16) -> Result<(), IronicError>
         }
         if v >= (1, 36) {
             body["agent_version"] = json!(super::VERSION);
+        }
+        if let (true, Some(ca)) = (v >= (1, 68), &verify_ca) {
+            body["agent_verify_ca"] = json!(ca);
         }
         let ok = ironic.heartbeat(&node_uuid, &body).await;
         let last = Instant::now();

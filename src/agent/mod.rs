@@ -15,6 +15,7 @@ pub mod ironic;
 pub mod log;
 pub mod power;
 pub mod standby;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};

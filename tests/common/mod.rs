@@ -392,7 +392,10 @@ pub struct AgentProc {
 
 impl AgentProc {
     pub fn start(dir: &Path, args: &[&str]) -> AgentProc {
-        let port = free_port();
+        Self::start_on(dir, free_port(), args)
+    }
+
+    pub fn start_on(dir: &Path, port: u16, args: &[&str]) -> AgentProc {
         let log = dir.join(format!("agent-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_rivet"))
             .args([

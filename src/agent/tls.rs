@@ -1,0 +1,140 @@
+//! TLS on the agent's own API (SPEC §2, §4.4): static (`listen_tls` with `tls_cert_file` /
+//! `tls_key_file`) or automatic — a self-signed EC certificate for the advertised address,
+//! sent to Ironic as `agent_verify_ca` in heartbeats, which Ironic then uses as CA bundle.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A TLS setup for the API.
+pub struct ServerTls {
+    /// The rustls configuration.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The certificate (PEM) to send as `agent_verify_ca` (auto-TLS only).
+    pub verify_ca: Option<String>,
+}
+
+fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    min_version: &str,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if min_version == "1.3" {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS certificate: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
+/// `listen_tls`: the certificate chain and key from PEM files.
+pub fn static_tls(
+    cert_file: &Path,
+    key_file: &Path,
+    min_version: &str,
+) -> Result<ServerTls, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| format!("cannot read {}: {e}", cert_file.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid certificate in {}: {e}", cert_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("invalid key in {}: {e}", key_file.display()))?;
+    Ok(ServerTls {
+        config: server_config(certs, key, min_version)?,
+        verify_ca: None,
+    })
+}
+
+/// Auto-TLS: a self-signed EC certificate (P-256 or P-384) for `ip`, valid from an hour ago
+/// (clock skew) for 30 days, as IPA makes it. Written to `state_dir` when given.
+pub fn auto_tls(
+    ip: IpAddr,
+    curve: &str,
+    min_version: &str,
+    state_dir: Option<&Path>,
+) -> Result<ServerTls, String> {
+    let alg = match curve {
+        "p256" => &rcgen::PKCS_ECDSA_P256_SHA256,
+        _ => &rcgen::PKCS_ECDSA_P384_SHA384,
+    };
+    let key = rcgen::KeyPair::generate_for(alg).map_err(|e| format!("key generation: {e}"))?;
+    let mut params = rcgen::CertificateParams::default();
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        if host.is_empty() {
+            ip.to_string()
+        } else {
+            host
+        },
+    );
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(ip)];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - Duration::from_secs(3600);
+    params.not_after = now + Duration::from_secs(30 * 24 * 3600);
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| format!("certificate: {e}"))?;
+    let pem = cert.pem();
+    if let Some(dir) = state_dir {
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(dir.join("agent.crt"), &pem))
+            .and_then(|()| std::fs::write(dir.join("agent.key"), key.serialize_pem()));
+        if let Err(e) = written {
+            tracing::warn!(
+                "cannot keep the agent certificate in {}: {e}",
+                dir.display()
+            );
+        }
+    }
+    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| format!("key: {e}"))?;
+    Ok(ServerTls {
+        config: server_config(vec![cert.der().clone()], key_der, min_version)?,
+        verify_ca: Some(pem),
+    })
+}
+
+/// Serves `app` over TLS on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    config: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            match acceptor.accept(tcp).await {
+                Ok(tls) => {
+                    if let Err(e) = Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await
+                    {
+                        tracing::debug!(%peer, "TLS connection: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+            }
+        });
+    }
+}
