@@ -226,6 +226,11 @@ pub const OPTIONS: &[OptionSpec] = &[
         "Always rebuild config drives as vfat",
     ),
     opt(
+        "containers_conf_dir",
+        Some("/etc/containers/containers.conf.d"),
+        "Where execute_bootc_install writes podman's 01-ipa.conf",
+    ),
+    opt(
         "config",
         Some("/etc/rivet/rivet.toml"),
         "Config file (TOML, option = value)",

@@ -88,8 +88,17 @@ pub fn execute_deploy_step(
             json!({"result": format!("prepare_image: {msg}")})
         }
         "execute_bootc_install" => {
-            let msg =
-                standby::execute_bootc_install(agent, string_arg("image_source")?.as_deref())?;
+            let instance_info = node
+                .get("instance_info")
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            let msg = standby::execute_bootc_install(
+                agent,
+                string_arg("image_source")?.as_deref(),
+                &instance_info,
+                string_arg("oci_pull_secret")?,
+                string_arg("configdrive")?,
+            )?;
             json!({"result": format!("execute_bootc_install: {msg}")})
         }
         other => {

@@ -71,8 +71,18 @@ pub fn resolve(
                     ],
                 )?;
                 let source = p.opt_string("image_source")?;
+                let secret = p.opt_string("pull_secret")?;
+                let configdrive = p.opt_string("configdrive")?;
+                let instance_info = p.get("instance_info");
                 Ok(Prepared::Async(Box::new(move |_| {
-                    standby::execute_bootc_install(&a, source.as_deref()).map(Outcome::Text)
+                    standby::execute_bootc_install(
+                        &a,
+                        source.as_deref(),
+                        &instance_info,
+                        secret,
+                        configdrive,
+                    )
+                    .map(Outcome::Text)
                 })))
             }
             _ => Err(unknown()),

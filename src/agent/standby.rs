@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::power::PowerAction;
 use super::Agent;
+use crate::deploy::bootc::{self, BootcRequest};
 use crate::deploy::decode::FormatPolicy;
 use crate::deploy::pipeline::{self, DeployOptions};
 use crate::disk::table;
@@ -73,13 +74,8 @@ pub fn prepare_image(
         agent.standby().partition_uuids = Some(json!({}));
     }
     validate_partitioning(&device)?;
-    if configdrive.is_some() {
-        return Err(AgentError::Deployment(format!(
-            "Failed to create config drive on disk {} for node {}. Error: config drives are \
-             not supported by this version of rivet",
-            device.display(),
-            info.node_label()
-        )));
+    if let Some(cd) = configdrive.as_deref().filter(|c| !c.is_empty()) {
+        write_config_drive(agent, info.node_label(), &device, cd)?;
     }
     let root_uuid = root_uuid(&device);
     {
@@ -203,24 +199,69 @@ fn sync_clock(ntp: &str) -> Result<(), AgentError> {
     run("hwclock", &["-v", "--systohc"])
 }
 
-/// `execute_bootc_install`: honours `disable_bootc_deploy`; the install itself is not in this
-/// version of rivet, and says so.
+/// `execute_bootc_install` (SPEC §11): podman pulls the image (with the pull secret in a
+/// private file that is gone before the install runs), `bootc install to-disk` writes it, the
+/// partition table is checked, then the config drive is written.
 pub fn execute_bootc_install(
     agent: &Agent,
     image_source: Option<&str>,
+    instance_info: &Value,
+    pull_secret: Option<String>,
+    configdrive: Option<String>,
 ) -> Result<String, AgentError> {
-    if agent
-        .settings()
-        .bool("disable_bootc_deploy")
-        .unwrap_or(false)
-    {
+    let settings = agent.settings();
+    if settings.bool("disable_bootc_deploy").unwrap_or(false) {
         return Err(AgentError::CommandExecution(
             "The bootc deploy interface is administratively disable. Deployment cannot proceed."
                 .into(),
         ));
     }
-    Err(AgentError::CommandExecution(format!(
-        "execute_bootc_install of {} is not implemented in this version of rivet",
-        image_source.unwrap_or("<no image_source>")
+    let Some(source) = image_source.filter(|s| !s.is_empty()) else {
+        return Err(AgentError::InvalidCommandParams(
+            "execute_bootc_install() missing required argument 'image_source'".into(),
+        ));
+    };
+    let device = agent.root_device()?;
+    let device_bytes = std::fs::File::open(&device)
+        .and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)))
+        .map_err(|e| {
+            AgentError::DeviceNotFound(format!("Cannot open {}: {e}", device.display()))
+        })?;
+    let req = BootcRequest {
+        image_source: source.to_string(),
+        device: device.clone(),
+        device_bytes,
+        pull_secret,
+        authorized_keys: None,
+        tpm2_luks: false,
+        containers_conf_dir: settings
+            .get("containers_conf_dir")
+            .unwrap_or("/etc/containers/containers.conf.d")
+            .into(),
+    }
+    .from_instance_info(instance_info);
+    bootc::install(&req)?;
+    validate_partitioning(&device)?;
+    if let Some(cd) = configdrive.filter(|c| !c.is_empty()) {
+        write_config_drive(agent, "local", &device, &cd)?;
+    }
+    Ok(format!(
+        "Container image ({source}) written to device {}",
+        device.display()
+    ))
+}
+
+/// `create_config_drive_partition` for whole-disk images and bootc (SPEC §10.2).
+fn write_config_drive(
+    agent: &Agent,
+    node: &str,
+    device: &Path,
+    configdrive: &str,
+) -> Result<(), AgentError> {
+    let _ = (agent, configdrive);
+    Err(AgentError::Deployment(format!(
+        "Failed to create config drive on disk {} for node {node}. Error: config drives are \
+         not supported by this version of rivet",
+        device.display()
     )))
 }

@@ -396,6 +396,14 @@ impl AgentProc {
     }
 
     pub fn start_on(dir: &Path, port: u16, args: &[&str]) -> AgentProc {
+        Self::spawn(dir, port, args, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> AgentProc {
+        Self::spawn(dir, free_port(), args, env)
+    }
+
+    fn spawn(dir: &Path, port: u16, args: &[&str], env: &[(String, String)]) -> AgentProc {
         let log = dir.join(format!("agent-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_rivet"))
             .args([
@@ -408,6 +416,7 @@ impl AgentProc {
             .args(["--cmdline", "/dev/null", "--config", "/dev/null"])
             .args(args)
             .env("RIVET_FORBID_POWER", "1")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("RUST_LOG")
             .stderr(std::fs::File::create(&log).unwrap())
             .stdout(std::process::Stdio::null())
