@@ -388,7 +388,8 @@ KIND_LABELS = {
     "ipa": "IPA 13.0.0 prepare_image",
     "ipa_stream": "… of which IPA's streaming to the device",
     "ipa_dl": "… of which IPA's download to its temp file",
-    "ipa_wr": "… of which IPA's inspection + qemu-img convert",
+    "ipa_wr": "… of which IPA's _write_image (inspection, disk wipe, "
+              "qemu-img convert, sync, partprobe)",
 }
 BAD = ("FAIL", "MISMATCH", "UNFLUSHED")
 
@@ -446,7 +447,8 @@ def ftable(tsv, virtual_bytes, targets):
                 r = rows[key]
                 s = med(key)
                 phase = kind.startswith("ipa_")
-                dl = r["dl"] or rows.get((t, fm, "rivet"), {}).get("dl")
+                dl = r["dl"] or next((v["dl"] for k, v in rows.items()
+                                      if k[:2] == (t, fm) and v["dl"]), None)
                 image = (f"{FMT_LABELS[fm]} ({dl / MIB:.0f})" if dl
                          else FMT_LABELS[fm])
                 rss = max(r["rss"]) / 1024 if r["rss"] else None
@@ -465,9 +467,12 @@ def ftable(tsv, virtual_bytes, targets):
                     speedup = f"{ipa / s:.2f}×"
                 written = ("" if phase
                            else ",".join(sorted(set(r["status"]))))
+                # the download phase moves the file, not the virtual size
+                speed = (None if kind == "ipa_dl" or not s
+                         else virtual / 1e6 / s)
                 out.append(
                     f"| {t} | {image} | {KIND_LABELS[kind]} | {fmt_n(s, 3)} "
-                    f"| {fmt_n(virtual / 1e6 / s if s else None)} "
+                    f"| {fmt_n(speed)} "
                     f"| {fmt_n(rss, 1)} | {tmpcol} | {leftcol} | {ratio_raw} "
                     f"| {speedup} | {written} |")
         for fm in ("qcow2", "qcow2c"):

@@ -80,6 +80,7 @@ need partprobe parted
 need hexdump bsdextrautils  # IPA's get_disk_identifier
 need losetup mount
 need wipefs util-linux    # IPA's destroy_disk_metadata (qcow2 path)
+need fuser psmisc         # ... which first waits until no process holds the disk
 need blkdiscard util-linux
 need blockdev util-linux
 need lsblk util-linux
@@ -140,6 +141,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 free_kib() { df -Pk "$1" | awk 'NR==2 {print $4}'; }
+mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
+pct() { awk -v z="$1" 'BEGIN { printf "%.0f", z * 100 }'; }
 
 IMG_RAW="$BENCH_DIR/fmt-${SIZE_MIB}M.raw"
 SUMS="$IMG_RAW.sums.json"
@@ -315,6 +318,46 @@ wipe_target() {
     sync
 }
 
+# Two tools of IPA's qcow2 path behave differently on this kind of machine
+# than in an IPA ramdisk; IPA then gets wrappers first in its PATH ($TMP/shim):
+# - fuser: destroy_disk_metadata first waits until `fuser DEVICE` prints
+#   nothing at all.  Where some process's /proc/PID/fd cannot be read (a
+#   sandbox's PID 1), psmisc fuser prints "Cannot stat file /proc/PID/fd/N:
+#   Permission denied" for each of its fds, which IPA takes for a busy disk:
+#   it retries for 20 s and fails.  The wrapper runs the real fuser and drops
+#   only those lines; real users of the device are still reported.
+# - udevadm: IPA runs `udevadm settle` around the write and fails with
+#   FileNotFoundError when udevadm is missing.  With no udev daemon running
+#   (no /run/udev/control) there is nothing to settle, so the stand-in just
+#   exits 0.  It is only used when udevadm is missing.
+SHIMS=()
+IPA_ENV=()
+fuser_err=
+[[ $SKIP_IPA != 1 ]] && fuser_err=$(fuser "${T_DEV[${TARGETS[0]}]}" 2>&1 >/dev/null || true)
+if grep -Eq '^Cannot stat file /proc/[0-9]+/fd/[0-9]+: Permission denied$' <<<"$fuser_err"; then
+    mkdir -p "$TMP/shim"
+    cat >"$TMP/shim/fuser" <<EOF
+#!/bin/bash
+# bench/formats.sh: the real fuser, without the "Cannot stat file
+# /proc/PID/fd/N: Permission denied" lines of unreadable processes
+{ err=\$($(command -v fuser) "\$@" 2>&1 >&3); rc=\$?; } 3>&1
+[[ -n \$err ]] && grep -Ev '^Cannot stat file /proc/[0-9]+/fd/[0-9]+: Permission denied\$' <<<"\$err" >&2
+exit \$rc
+EOF
+    chmod 0755 "$TMP/shim/fuser"
+    SHIMS+=("fuser: psmisc \`fuser\` cannot read PID 1's fds here and says so on stderr, which IPA takes for a busy disk (it waits 20 s, then fails); IPA's fuser is a wrapper that drops only those \"Cannot stat file /proc/PID/fd/N: Permission denied\" lines")
+    log "fuser cannot read some processes' fds here: IPA gets a fuser wrapper ($TMP/shim/fuser)"
+fi
+if [[ $SKIP_IPA != 1 ]] && ! command -v udevadm >/dev/null && [[ ! -e /run/udev/control ]]; then
+    mkdir -p "$TMP/shim"
+    printf '#!/bin/sh\n# bench/formats.sh: no udevadm and no udev daemon: nothing to settle\nexit 0\n' \
+        >"$TMP/shim/udevadm"
+    chmod 0755 "$TMP/shim/udevadm"
+    SHIMS+=("udevadm: not installed and no udev daemon running; IPA's \`udevadm settle\` (which fails with FileNotFoundError when udevadm is missing) is a stand-in that exits 0")
+    log "no udevadm and no udev daemon: IPA gets a udevadm stand-in that exits 0 ($TMP/shim/udevadm)"
+fi
+((${#SHIMS[@]})) && IPA_ENV=(PATH="$TMP/shim:$PATH")
+
 # ------------------------------------------------------------ measuring
 RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
@@ -434,7 +477,7 @@ rivet_cmd() {  # rivet_cmd FORMAT DEVICE [extra flags]: the command line
 }
 
 clean_tmpdir
-log "image: $SIZE_MIB MiB, ${ZERO_FRACTION} zero, ${TEXT_FRACTION} text; qcow2 $((DL[qcow2] / 1048576)) MiB, qcow2 -c $((DL[qcow2c] / 1048576)) MiB; $RUNS run(s)"
+log "image: $SIZE_MIB MiB, ${ZERO_FRACTION} zero, ${TEXT_FRACTION} text; qcow2 $(mib "${DL[qcow2]}") MiB, qcow2 -c $(mib "${DL[qcow2c]}") MiB; $RUNS run(s)"
 log "temp dir (rivet --tmp-dir, IPA's TMPDIR): $TMPD"
 for run in $(seq "$RUNS"); do
     for t in "${TARGETS[@]}"; do
@@ -449,7 +492,8 @@ for run in $(seq "$RUNS"); do
                 fi
             fi
             if [[ $SKIP_IPA != 1 && ! ($f == raw && $SKIP_IPA_RAW == 1) ]]; then
-                write_and_check "$run" "$t" "$f" ipa -- "$VENV/bin/python" "$SCRIPT_DIR/ipa_stream.py" \
+                write_and_check "$run" "$t" "$f" ipa -- env "${IPA_ENV[@]}" \
+                    "$VENV/bin/python" "$SCRIPT_DIR/ipa_stream.py" \
                     --url "${URL[$f]}" --device "$dev" --os-hash-algo sha256 \
                     --os-hash-value "${HASH[$f]}" --disk-format "$([[ $f == raw ]] && echo raw || echo qcow2)"
             fi
@@ -470,8 +514,6 @@ fi
 ipa_desc=skipped
 [[ $SKIP_IPA != 1 ]] && ipa_desc="ironic-python-agent $IPA_VERSION (PyPI, venv $VENV, python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), StandbyExtension.prepare_image; raw: disk_format raw + stream_raw_images; qcow2: disk_format qcow2)"
 tmp_fs=$(findmnt -n -o FSTYPE,SOURCE -T "$TMPD" | awk '{print $1 " on " $2}')
-mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
-pct() { awk -v z="$1" 'BEGIN { printf "%.0f", z * 100 }'; }
 ipa_self=""
 for f in "${FORMATS[@]}"; do
     [[ -n ${IPA_SELF_KIB[$f]:-} ]] && ipa_self+="${ipa_self:+, }${f/qcow2c/qcow2 -c} $(awk -v k="${IPA_SELF_KIB[$f]}" 'BEGIN { printf "%.1f", k / 1024 }') MiB"
@@ -495,6 +537,9 @@ REPORT="$TMP/report.md"
     echo "- runs: $RUNS, median shown; MB/s = $SIZE_BYTES (virtual size) / 1e6 / seconds, for every format"
     echo "- rivet: $rivet_desc"
     echo "- IPA: $ipa_desc"
+    for sh in "${SHIMS[@]}"; do
+        echo "- on IPA's PATH: $sh"
+    done
     echo
     if [[ $FAILED != 0 ]]; then
         echo "**WARNING: some commands failed or did not leave the image on the target;"

@@ -401,7 +401,8 @@ REPORT="$TMP/report.md"
 echo
 cat "$REPORT"
 if [[ $WRITE_RESULTS == 1 ]]; then
-    cp "$REPORT" "$SCRIPT_DIR/RESULTS.md"
+    # keeps the "## Image formats" section that bench/formats.sh writes
+    "$PYTHON" "$SCRIPT_DIR/benchlib.py" put-head "$SCRIPT_DIR/RESULTS.md" "## Image formats" "$REPORT"
     log "wrote $SCRIPT_DIR/RESULTS.md"
 fi
 if [[ $FAILED != 0 ]]; then

@@ -9,6 +9,11 @@ command -v sgdisk >/dev/null || need+=(gdisk)
 command -v blkid >/dev/null || need+=(util-linux)
 command -v losetup >/dev/null || need+=(mount)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v sfdisk >/dev/null || need+=(fdisk)
+command -v isoinfo >/dev/null || need+=(genisoimage)
+command -v mtype >/dev/null || need+=(mtools)
+command -v mkfs.vfat >/dev/null || need+=(dosfstools)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test.sh: installing ${need[*]}"

@@ -7,10 +7,12 @@
 //! - [`deploy`]: the data path that joins them;
 //! - [`agent`]: IPA's REST API, the standby/deploy/log extensions, lookup and heartbeat;
 //! - [`config`]: settings from the kernel command line, a file, the environment and flags;
+//! - [`configdrive`]: the config drive: decoding, checking, rebuilding as vfat;
 //! - [`errors`]: IPA's error types, as the conductor sees them.
 
 pub mod agent;
 pub mod config;
+pub mod configdrive;
 pub mod demo;
 pub mod deploy;
 pub mod disk;

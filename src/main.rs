@@ -178,6 +178,13 @@ struct DeployArgs {
     /// Write through the page cache instead of O_DIRECT.
     #[arg(long)]
     no_direct: bool,
+    /// Config drive to write after the image: gzip+base64 text, an http(s) URL, or @FILE
+    /// holding either.
+    #[arg(long, value_name = "STR|URL|@FILE")]
+    configdrive: Option<String>,
+    /// Always rebuild the config drive as vfat (IPA's config_drive_rebuild).
+    #[arg(long)]
+    config_drive_rebuild: bool,
 }
 
 #[derive(Args)]
@@ -262,8 +269,48 @@ fn deploy(a: DeployArgs) -> anyhow::Result<()> {
         },
         tmp_dir: a.tmp_dir.clone(),
     };
+    let configdrive = match a.configdrive.as_deref() {
+        Some(s) if s.starts_with('@') => Some(
+            std::fs::read_to_string(&s[1..]).with_context(|| format!("cannot read {}", &s[1..]))?,
+        ),
+        other => other.map(str::to_owned),
+    };
+    if info.is_partition_image() {
+        let r = rivet::deploy::partition_image::deploy(
+            &info,
+            &serde_json::json!({}),
+            &a.device,
+            configdrive.as_deref().map(str::trim),
+            &cfg,
+            &opts,
+            Arc::default(),
+        )?;
+        println!(
+            "rivet: partition image {} written to {}: {}",
+            info.id,
+            a.device.display(),
+            r.uuids
+        );
+        return Ok(());
+    }
     let done = run_with_progress(&info, &a.device, &cfg, &opts)?;
     report(&info, &done);
+    if let Some(cd) = configdrive {
+        let part = rivet::deploy::configdrive_write::write_config_drive(
+            info.node_label(),
+            &a.device,
+            cd.trim(),
+            &cfg,
+            a.config_drive_rebuild,
+        )?;
+        println!(
+            "rivet: config drive written to partition {} of {} (bytes {}..{})",
+            part.number,
+            a.device.display(),
+            part.start,
+            part.start + part.size
+        );
+    }
     Ok(())
 }
 

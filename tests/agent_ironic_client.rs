@@ -78,7 +78,7 @@ fn ironic_agent_client_deploys_through_rivet() {
             secs: 3,
         },
     );
-    let dev = LoopDev::new(dir.path(), "disk", 64 * MIB, 0x11);
+    let dev = LoopDev::new(dir.path(), "disk", 128 * MIB, 0x11);
     let power_log = dir.path().join("power.log");
     let agent = AgentProc::start(
         dir.path(),
@@ -142,6 +142,54 @@ fn ironic_agent_client_deploys_through_rivet() {
     let (rc, v, log) = drive(&py, &agent, &["--scenario", "partition_uuids"]);
     assert_eq!(rc, 0, "{log}");
     let sig = u32::from_le_bytes(image[440..444].try_into().unwrap());
+    assert_eq!(
+        v["command_result"]["root uuid"],
+        format!("0x{sig:08x}"),
+        "{log}"
+    );
+
+    // write_image with a config drive (gzip+base64, as the conductor renders it), then
+    // get_partition_uuids.
+    let cd = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/configdrive.b64");
+    let (rc, v, log) = drive(
+        &py,
+        &agent,
+        &[
+            "--scenario",
+            "deploy",
+            "--image-info",
+            &good,
+            "--configdrive",
+            &format!("@{}", cd.display()),
+        ],
+    );
+    assert_eq!(rc, 0, "{log}");
+    assert_eq!(v["command_status"], "SUCCEEDED", "{log}");
+    let out = Command::new("sfdisk")
+        .arg("-J")
+        .arg(&dev.dev)
+        .output()
+        .unwrap();
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(parts.len(), 2, "no config drive partition: {table}");
+    let (start, size) = (
+        parts[1]["start"].as_u64().unwrap() * 512,
+        parts[1]["size"].as_u64().unwrap() * 512,
+    );
+    let cdp = LoopDev::over_range(&dev.dev, start, size);
+    let blkid = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(&cdp.dev)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&blkid.stdout).contains("LABEL=config-2"));
+    drop(cdp);
+    let (rc, v, log) = drive(&py, &agent, &["--scenario", "partition_uuids"]);
+    assert_eq!(rc, 0, "{log}");
     assert_eq!(
         v["command_result"]["root uuid"],
         format!("0x{sig:08x}"),

@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 use super::power::PowerAction;
 use super::Agent;
 use crate::deploy::bootc::{self, BootcRequest};
+use crate::deploy::configdrive_write;
 use crate::deploy::decode::FormatPolicy;
+use crate::deploy::partition_image;
 use crate::deploy::pipeline::{self, DeployOptions};
 use crate::disk::table;
 use crate::errors::AgentError;
@@ -40,30 +42,52 @@ pub fn prepare_image(
     let device = agent.root_device()?;
     tracing::info!(image = %info.id, device = %device.display(), "prepare_image");
 
+    let settings = agent.settings();
+    let opts = DeployOptions {
+        policy: FormatPolicy {
+            disk_format: info.disk_format.clone(),
+            permitted: settings.list("permitted_image_formats"),
+            deep: !settings
+                .bool("disable_deep_image_inspection")
+                .unwrap_or(false),
+            ..FormatPolicy::default()
+        },
+        tmp_dir: settings.get("image_tmp_dir").map(Into::into),
+        ..DeployOptions::default()
+    };
+
+    if info.is_partition_image() {
+        // Partition images carry their config drive inside the layout.
+        let node = agent.node().unwrap_or_else(|| json!({}));
+        let r = partition_image::deploy(
+            &info,
+            &node,
+            &device,
+            configdrive.as_deref(),
+            &cfg,
+            &opts,
+            Arc::clone(progress),
+        )?;
+        agent.standby().partition_uuids = Some(r.uuids.clone());
+        validate_partitioning(&device)?;
+        let mut msg = format!(
+            "image ({}) written to device {} root_uuid={}",
+            info.id,
+            device.display(),
+            r.root_uuid.as_deref().unwrap_or("None")
+        );
+        if info.deploy_boot_mode.as_deref() == Some("uefi") {
+            if let Some(e) = &r.efi_uuid {
+                msg.push_str(&format!(" efi_system_partition_uuid={e}"));
+            }
+        }
+        return Ok(msg);
+    }
+
     let cached = agent.standby().cached_image_id.clone();
     if cached.as_deref() != Some(info.id.as_str()) {
-        if info.is_partition_image() {
-            return Err(AgentError::ImageWrite(format!(
-                "Writing image to device {} failed: partition images (image_type=partition) \
-                 are not supported by this version of rivet",
-                device.display()
-            )));
-        }
         // Raw and qcow2 images stream (no temporary copy), whatever stream_raw_images says;
         // like IPA's streaming path, this never sets cached_image_id.
-        let settings = agent.settings();
-        let opts = DeployOptions {
-            policy: FormatPolicy {
-                disk_format: info.disk_format.clone(),
-                permitted: settings.list("permitted_image_formats"),
-                deep: !settings
-                    .bool("disable_deep_image_inspection")
-                    .unwrap_or(false),
-                ..FormatPolicy::default()
-            },
-            tmp_dir: settings.get("image_tmp_dir").map(Into::into),
-            ..DeployOptions::default()
-        };
         let done = pipeline::write_image(&info, &device, &cfg, &opts, Arc::clone(progress))?;
         tracing::info!(
             "image {} written to {} in {:.1} s",
@@ -258,10 +282,16 @@ fn write_config_drive(
     device: &Path,
     configdrive: &str,
 ) -> Result<(), AgentError> {
-    let _ = (agent, configdrive);
-    Err(AgentError::Deployment(format!(
-        "Failed to create config drive on disk {} for node {node}. Error: config drives are \
-         not supported by this version of rivet",
-        device.display()
-    )))
+    let rebuild = agent
+        .settings()
+        .bool("config_drive_rebuild")
+        .unwrap_or(false);
+    configdrive_write::write_config_drive(
+        node,
+        device,
+        configdrive,
+        &agent.fetch_config()?,
+        rebuild,
+    )
+    .map(|_| ())
 }

@@ -25,6 +25,8 @@ const MAX_DIR_BYTES: u64 = 256 << 20;
 const MAX_FILE_BYTES: u64 = 256 << 20;
 /// SUSP continuation areas (`CE`) followed per directory record.
 const MAX_CONTINUATIONS: usize = 16;
+/// SUSP entries read in all.
+const MAX_SUSP_ENTRIES: usize = 1_000_000;
 
 /// Directory record flag: the record is a directory.
 const FLAG_DIRECTORY: u8 = 0x02;
@@ -74,9 +76,9 @@ fn primary(img: &[u8]) -> Option<&[u8]> {
 
 /// The Joliet supplementary volume descriptor (type 2 with a UCS-2 escape sequence).
 fn joliet(img: &[u8]) -> Option<&[u8]> {
-    descriptors(img)
-        .into_iter()
-        .find(|d| d[0] == 2 && d[88] == b'%' && d[89] == b'/' && matches!(d[90], b'@' | b'C' | b'E'))
+    descriptors(img).into_iter().find(|d| {
+        d[0] == 2 && d[88] == b'%' && d[89] == b'/' && matches!(d[90], b'@' | b'C' | b'E')
+    })
 }
 
 /// The primary volume descriptor's volume identifier (bytes 40..72), trimmed of spaces: a config
@@ -84,7 +86,7 @@ fn joliet(img: &[u8]) -> Option<&[u8]> {
 pub fn volume_label(img: &[u8]) -> Option<String> {
     let raw = slice(primary(img)?, 40, 32)?;
     let label = String::from_utf8_lossy(raw);
-    Some(label.trim_matches(|c| c == ' ' || c == '\0').to_string())
+    Some(label.trim_matches([' ', '\0']).to_string())
 }
 
 /// Every regular file of the image, as (`path/relative/to/root`, contents), in directory order.
@@ -167,6 +169,7 @@ struct Walker<'a> {
     /// Whether any Rock Ridge / SUSP entry was found.
     rock_ridge_seen: bool,
     entries: usize,
+    susp_entries: usize,
     dir_bytes: u64,
     file_bytes: u64,
     out: Vec<(String, Vec<u8>)>,
@@ -188,6 +191,7 @@ fn walk<'a>(img: &'a [u8], desc: &'a [u8], names: Names) -> Result<Walker<'a>, S
         su_skip: 0,
         rock_ridge_seen: false,
         entries: 0,
+        susp_entries: 0,
         dir_bytes: 0,
         file_bytes: 0,
         out: Vec::new(),
@@ -248,7 +252,8 @@ impl<'a> Walker<'a> {
             if self.entries > MAX_ENTRIES {
                 return Err(format!("more than {MAX_ENTRIES} directory records"));
             }
-            let raw = slice(data, pos, rec_len).ok_or("directory record runs past its directory")?;
+            let raw =
+                slice(data, pos, rec_len).ok_or("directory record runs past its directory")?;
             pos += rec_len;
             let rec = parse_record(raw).ok_or("malformed directory record")?;
             if matches!(rec.name, [0] | [1]) || rec.flags & FLAG_ASSOCIATED != 0 {
@@ -258,7 +263,7 @@ impl<'a> Walker<'a> {
                 return Err("multi-extent files are not supported".to_string());
             }
             let rr = match self.names {
-                Names::RockRidge => self.rock_ridge(rec.system_use),
+                Names::RockRidge => self.rock_ridge(rec.system_use)?,
                 Names::Joliet => RockRidge::default(),
             };
             if rr.special || rr.relocated {
@@ -319,7 +324,7 @@ impl<'a> Walker<'a> {
     }
 
     /// Reads the SUSP entries of a system use area, following `CE` continuation areas.
-    fn rock_ridge(&mut self, system_use: &'a [u8]) -> RockRidge {
+    fn rock_ridge(&mut self, system_use: &'a [u8]) -> Result<RockRidge, String> {
         let mut out = RockRidge::default();
         let mut name: Option<Vec<u8>> = None;
         let mut area: &'a [u8] = system_use.get(self.su_skip..).unwrap_or(&[]);
@@ -336,6 +341,10 @@ impl<'a> Walker<'a> {
                     break;
                 };
                 pos += len;
+                self.susp_entries += 1;
+                if self.susp_entries > MAX_SUSP_ENTRIES {
+                    return Err(format!("more than {MAX_SUSP_ENTRIES} SUSP entries"));
+                }
                 match (entry[0], entry[1]) {
                     (b'S', b'T') => break,
                     (b'C', b'E') => next = self.continuation(entry),
@@ -363,7 +372,7 @@ impl<'a> Walker<'a> {
             }
         }
         out.name = name.map(|n| String::from_utf8_lossy(&n).into_owned());
-        out
+        Ok(out)
     }
 
     /// The continuation area a `CE` entry points at (block, offset, length).
@@ -441,15 +450,19 @@ mod tests {
 
     #[test]
     fn plain_iso_names_without_rock_ridge() {
-        // Blank every SUSP signature so the primary tree reads as plain ISO 9660.
+        // Blank every SUSP entry signature (two letters, a length, version 1) past the volume
+        // descriptors, so the primary tree reads as plain ISO 9660.
         let mut img = ISO.to_vec();
-        for sig in [&b"SP"[..], b"RR", b"NM", b"PX", b"TF", b"ER", b"CE", b"SL"] {
-            let mut i = 0;
-            while i + 2 <= img.len() {
-                if img[i..i + 2] == *sig && i > 17 * SECTOR {
-                    img[i] = b'X';
-                }
-                i += 1;
+        for sig in [b"SP", b"RR", b"NM", b"PX", b"TF", b"ER", b"CE", b"SL"] {
+            let hits: Vec<usize> = img
+                .windows(4)
+                .enumerate()
+                .skip(18 * SECTOR)
+                .filter(|(_, w)| w[..2] == *sig && w[2] >= 4 && w[3] == 1)
+                .map(|(i, _)| i)
+                .collect();
+            for i in hits {
+                img[i] = b'X';
             }
         }
         let pvd = primary(&img).unwrap();
@@ -499,13 +512,19 @@ mod tests {
                 break;
             }
             let rec = start + pos;
-            if img[rec + 25] & FLAG_DIRECTORY != 0 && img[rec + 32] == 1 && img[rec + 33] > 1 {
+            let dot_or_dotdot = img[rec + 32] == 1 && img[rec + 33] <= 1;
+            if img[rec + 25] & FLAG_DIRECTORY != 0 && !dot_or_dotdot {
                 img[rec + 2..rec + 6].copy_from_slice(&(root_lba as u32).to_le_bytes());
                 img[rec + 10..rec + 14].copy_from_slice(&(root_len as u32).to_le_bytes());
             }
             pos += len;
         }
         let err = list_files(&img).unwrap_err();
-        assert!(err.contains("deeper") || err.contains("records") || err.contains("directory data"));
+        assert!(
+            ["deeper", "records", "directory data", "SUSP"]
+                .iter()
+                .any(|w| err.contains(*w)),
+            "{err}"
+        );
     }
 }

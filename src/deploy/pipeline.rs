@@ -86,6 +86,26 @@ enum Msg {
     Reset,
 }
 
+/// The size the image will have on disk, learnt from its first bytes and length before
+/// anything is written: a raw image's length, a qcow2's virtual size; `None` when unknown
+/// (other formats are measured by qemu-img later).
+pub fn probe_virtual_size(info: &ImageInfo, cfg: &FetchConfig) -> Result<Option<u64>> {
+    let dl = ImageDownload::new(info, cfg, Arc::default())?;
+    let Some((total, head)) = dl.probe(crate::image::format::qcow2::HEADER_PEEK) else {
+        return Ok(None);
+    };
+    if head.starts_with(b"QFI\xfb") {
+        return Ok(crate::image::format::qcow2::Header::parse(&head)
+            .ok()
+            .map(|h| h.virtual_size));
+    }
+    let raw = matches!(
+        info.disk_format.as_deref(),
+        None | Some("raw" | "gpt" | "unknown")
+    );
+    Ok(total.filter(|_| raw))
+}
+
 /// What one pass produced.
 pub(super) struct Written {
     pub(super) url: String,

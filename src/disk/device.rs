@@ -213,32 +213,37 @@ impl Target {
     /// Asks the kernel to re-read the partition table (BLKRRPART), retrying while busy, then
     /// waits for udev when it runs. Failures are logged: the image is already written.
     pub fn rescan(&self) {
-        if !self.block {
-            return;
+        if self.block {
+            reread_partitions(&self.file, &self.path);
         }
-        // BLKRRPART = _IO(0x12, 95)
-        const BLKRRPART: libc::c_ulong = 0x125f;
-        use std::os::fd::AsRawFd;
-        for attempt in 0..20 {
-            // SAFETY: BLKRRPART takes no argument; the descriptor is open for the whole call.
-            let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKRRPART as _, 0) };
-            if rc == 0 {
-                break;
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EBUSY) && attempt < 19 {
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            // EINVAL: a device without partition scanning (e.g. a loop device without -P).
-            tracing::debug!(
-                "re-reading the partition table of {}: {err}",
-                self.path.display()
-            );
+    }
+}
+
+/// Asks the kernel to re-read a disk's partition table (BLKRRPART), retrying while busy, then
+/// waits for udev when it runs. Failures are logged only: what was written stays written.
+pub fn reread_partitions(file: &File, path: &Path) {
+    // BLKRRPART = _IO(0x12, 95)
+    const BLKRRPART: libc::c_ulong = 0x125f;
+    use std::os::fd::AsRawFd;
+    for attempt in 0..20 {
+        // SAFETY: BLKRRPART takes no argument; the descriptor is open for the whole call.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART as _, 0) };
+        if rc == 0 {
             break;
         }
-        udev_settle();
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EBUSY) && attempt < 19 {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        // EINVAL/ENOTTY: no partition scanning here (a loop device without -P, a file).
+        tracing::debug!(
+            "re-reading the partition table of {}: {err}",
+            path.display()
+        );
+        break;
     }
+    udev_settle();
 }
 
 /// Runs `udevadm settle` when udev is running; quietly does nothing otherwise.

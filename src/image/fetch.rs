@@ -229,6 +229,58 @@ impl ImageDownload {
             .map_err(|e| Failure::Retry(format!("Error reading {url}: {e}")))
     }
 
+    /// Reads the first `n` bytes of the image and its total length, without downloading the
+    /// rest (a `Range` request; a server that ignores it is read only that far). Used to learn
+    /// an image's size before anything is written. `None` when no URL answers.
+    pub fn probe(&self, n: usize) -> Option<(Option<u64>, Vec<u8>)> {
+        self.rt.block_on(async {
+            for url in &self.info.urls {
+                if let Some(path) = file_path(url) {
+                    use std::io::Read;
+                    let mut f = std::fs::File::open(&path).ok()?;
+                    let len = f.metadata().ok()?.len();
+                    let mut head = Vec::with_capacity(n);
+                    f.by_ref().take(n as u64).read_to_end(&mut head).ok()?;
+                    return Some((Some(len), head));
+                }
+                let mut req = self
+                    .client
+                    .get(url)
+                    .header(header::RANGE, format!("bytes=0-{}", n.saturating_sub(1)));
+                if let Some(auth) = &self.auth {
+                    req = req.header(header::AUTHORIZATION, auth.clone());
+                }
+                let Ok(Ok(resp)) =
+                    tokio::time::timeout(self.cfg.connection_timeout, req.send()).await
+                else {
+                    continue;
+                };
+                let total = match resp.status().as_u16() {
+                    200 => resp.content_length(),
+                    206 => resp
+                        .headers()
+                        .get(header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.rsplit('/').next())
+                        .and_then(|t| t.parse().ok()),
+                    _ => continue,
+                };
+                let mut head = Vec::with_capacity(n);
+                let mut body = resp.bytes_stream();
+                while head.len() < n {
+                    match tokio::time::timeout(self.cfg.connection_timeout, body.next()).await {
+                        Ok(Some(Ok(c))) => {
+                            head.extend_from_slice(&c[..c.len().min(n - head.len())])
+                        }
+                        _ => break,
+                    }
+                }
+                return Some((total, head));
+            }
+            None
+        })
+    }
+
     /// Downloads the image into `sink`, trying each URL in turn. Returns the URL that worked.
     pub fn run(&mut self, sink: &mut dyn Sink) -> Result<String> {
         self.started = Instant::now();
@@ -652,6 +704,46 @@ pub fn build_client(
     }
     b.build()
         .map_err(|e| format!("Cannot build the HTTP client: {}", error_chain(&e)))
+}
+
+/// Fetches a small resource whole (a config drive given by URL): the TLS settings apply, but
+/// no proxies and no image auth, as IPA does; at most `limit` bytes are accepted.
+pub fn fetch_bytes(
+    url: &str,
+    cfg: &FetchConfig,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let client = build_client(cfg, &Default::default(), None)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let resp = tokio::time::timeout(cfg.connection_timeout, client.get(url).send())
+            .await
+            .map_err(|_| format!("timed out after {:?}", cfg.connection_timeout))?
+            .map_err(|e| error_chain(&e))?;
+        let status = resp.status();
+        if status.as_u16() >= 400 {
+            return Err(format!(
+                "Got HTTP code {} instead of 200 in response to GET request.",
+                status.as_u16()
+            ));
+        }
+        let mut out = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = tokio::time::timeout(cfg.connection_timeout, body.next())
+            .await
+            .map_err(|_| "timed out reading the body".to_string())?
+        {
+            let chunk = chunk.map_err(|e| error_chain(&e))?;
+            if out.len() + chunk.len() > limit {
+                return Err(format!("larger than {limit} bytes"));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,133 @@
+//! `create_config_drive_partition` (SPEC §10.2) for whole-disk images and bootc: find the
+//! `config-2` partition or make one in the last 64 MiB of free space, write the config drive
+//! into it by byte offset, and check it by reading it back — no partition node, no mount.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::configdrive::{self, DriveKind};
+use crate::disk::device::reread_partitions;
+use crate::disk::layout::{self, LayoutError, Part};
+use crate::disk::table;
+use crate::errors::AgentError;
+use crate::image::fetch::{fetch_bytes, FetchConfig};
+
+/// The partition made for a config drive (IPA: `-64MiB`).
+const PARTITION_SIZE: u64 = 64 << 20;
+
+/// The filesystem label of a partition, read from its first bytes: an ISO9660 volume id or a
+/// FAT volume label.
+pub fn partition_label(disk: &File, part: &Part) -> Option<String> {
+    let mut head = vec![0u8; 34816.min(part.size as usize)];
+    disk.read_exact_at(&mut head, part.start).ok()?;
+    match configdrive::kind(&head) {
+        DriveKind::Iso9660 => configdrive::iso9660::volume_label(&head),
+        DriveKind::Vfat => {
+            // FAT32 keeps the label at 71, FAT12/16 at 43 (boot sector, 11 bytes).
+            let at = if &head[82..87] == b"FAT32" { 71 } else { 43 };
+            Some(
+                String::from_utf8_lossy(&head[at..at + 11])
+                    .trim()
+                    .to_string(),
+            )
+        }
+        DriveKind::Unknown => None,
+    }
+}
+
+/// Writes `configdrive` (gzip+base64 text or an http(s) URL) onto `device` for `node`.
+/// `rebuild` forces the vfat copy (IPA's `config_drive_rebuild`).
+pub fn write_config_drive(
+    node: &str,
+    device: &Path,
+    configdrive: &str,
+    cfg: &FetchConfig,
+    rebuild: bool,
+) -> Result<Part, AgentError> {
+    let dev = device.display().to_string();
+    let failed = |e: &dyn std::fmt::Display| {
+        AgentError::Deployment(format!(
+            "Failed to create config drive on disk {dev} for node {node}. Error: {e}"
+        ))
+    };
+    let limit = configdrive::MAX_CONFIG_DRIVE_SIZE as usize * 2;
+    let image =
+        configdrive::materialise(node, configdrive, &|url: &str| fetch_bytes(url, cfg, limit))?;
+    let disk = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .map_err(|e| failed(&e))?;
+
+    let tbl = layout::read_table(&disk)
+        .map_err(|e| failed(&e))?
+        .ok_or_else(|| failed(&"the disk has no partition table"))?;
+    let existing: Vec<&Part> = tbl
+        .parts
+        .iter()
+        .filter(|p| partition_label(&disk, p).is_some_and(|l| l.eq_ignore_ascii_case("config-2")))
+        .collect();
+    if existing.len() > 1 {
+        return Err(AgentError::Deployment(format!(
+            "More than one partition with label \"config-2\" exists on device {dev} for node {node}."
+        )));
+    }
+    if tbl.kind == layout::TableKind::Gpt {
+        table::relocate_backup_gpt(&disk).map_err(|e| failed(&e))?;
+    }
+    let part = match existing.first() {
+        Some(p) => {
+            tracing::info!(partition = p.number, "reusing the existing config-2 partition");
+            (*p).clone()
+        }
+        None => layout::add_end_partition(&disk, PARTITION_SIZE).map_err(|e| match e {
+            LayoutError::TooManyPrimaries(n) => AgentError::Deployment(format!(
+                "Config drive cannot be created for node {node}. Disk ({dev}) uses MBR partitioning and already has {n} primary partitions."
+            )),
+            other => failed(&other),
+        })?,
+    };
+
+    // ISO9660 does not work on 4K-sector disks: IPA then rebuilds the drive as vfat.
+    let sector = rustix::fs::ioctl_blksszget(&disk)
+        .map(u64::from)
+        .unwrap_or(512);
+    let data = if (rebuild || sector == 4096) && configdrive::kind(&image) == DriveKind::Iso9660 {
+        tracing::info!("rebuilding the config drive as vfat");
+        configdrive::rebuild_vfat(&image, part.size.min(PARTITION_SIZE)).map_err(|e| {
+            AgentError::Deployment(format!(
+                "A failure occurred while attempting to format, copy, and re-create the configuration drive for node {node}. Error: {e}"
+            ))
+        })?
+    } else {
+        image
+    };
+    if data.len() as u64 > part.size {
+        return Err(failed(&format!(
+            "the config drive ({} bytes) does not fit its partition ({} bytes)",
+            data.len(),
+            part.size
+        )));
+    }
+    disk.write_all_at(&data, part.start)
+        .map_err(|e| failed(&e))?;
+    // Clear what an older, larger drive may have left after it.
+    let tail = (part.size - data.len() as u64).min(1 << 20) as usize;
+    disk.write_all_at(&vec![0u8; tail], part.start + data.len() as u64)
+        .map_err(|e| failed(&e))?;
+    disk.sync_data().map_err(|e| failed(&e))?;
+
+    let mut back = vec![0u8; data.len()];
+    disk.read_exact_at(&mut back, part.start)
+        .map_err(|e| failed(&e))?;
+    configdrive::check(&back)
+        .map_err(|e| failed(&format!("the written config drive does not check out: {e}")))?;
+    reread_partitions(&disk, device);
+    tracing::info!(
+        partition = part.number,
+        start = part.start,
+        "config drive written"
+    );
+    Ok(part)
+}

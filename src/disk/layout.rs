@@ -1,0 +1,304 @@
+//! Reading a disk's partitions, and adding the config drive's, natively (gptman/mbrman) where
+//! IPA runs sgdisk/parted. Everything is by byte offset on the whole disk: no partition
+//! device nodes are needed (this machine's kernel makes none; real ramdisks do).
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+
+/// Which partition table a disk has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// GUID partition table.
+    Gpt,
+    /// DOS/MBR table.
+    Mbr,
+}
+
+/// One partition, in bytes from the start of the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Partition number (1-based).
+    pub number: u32,
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// GPT unique partition GUID (lowercase, dashed), when GPT.
+    pub uuid: Option<String>,
+}
+
+/// The partitions of a disk, with its table kind and logical sector size.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// GPT or MBR.
+    pub kind: TableKind,
+    /// Logical sector size the table uses.
+    pub sector: u64,
+    /// Used entries, by number.
+    pub parts: Vec<Part>,
+}
+
+/// Formats a GUID stored as gptman keeps it (mixed-endian, as on disk).
+pub fn guid_string(g: &[u8; 16]) -> String {
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        g[3], g[2], g[1], g[0], g[5], g[4], g[7], g[6], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]
+    )
+}
+
+/// A UUID as gptman stores a GUID (mixed-endian, as on disk).
+pub fn uuid_to_guid(u: &uuid::Uuid) -> [u8; 16] {
+    let b = u.as_bytes();
+    [
+        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+        b[14], b[15],
+    ]
+}
+
+/// Reads the partition table, if any.
+pub fn read_table(file: &File) -> io::Result<Option<Table>> {
+    let mut f = file;
+    if let Ok(gpt) = gptman::GPT::find_from(&mut f) {
+        let ss = gpt.sector_size;
+        let parts = gpt
+            .iter()
+            .filter(|(_, p)| p.is_used())
+            .map(|(n, p)| Part {
+                number: n,
+                start: p.starting_lba * ss,
+                size: (p.ending_lba + 1 - p.starting_lba) * ss,
+                uuid: Some(guid_string(&p.unique_partition_guid)),
+            })
+            .collect();
+        return Ok(Some(Table {
+            kind: TableKind::Gpt,
+            sector: ss,
+            parts,
+        }));
+    }
+    f.seek(SeekFrom::Start(0))?;
+    match mbrman::MBR::read_from(&mut f, 512) {
+        Ok(mbr) => {
+            let parts = mbr
+                .iter()
+                .filter(|(_, p)| p.is_used())
+                .map(|(n, p)| Part {
+                    number: n as u32,
+                    start: u64::from(p.starting_lba) * 512,
+                    size: u64::from(p.sectors) * 512,
+                    uuid: None,
+                })
+                .collect();
+            Ok(Some(Table {
+                kind: TableKind::Mbr,
+                sector: 512,
+                parts,
+            }))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Why a config drive partition could not be made (the caller words it as IPA does).
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// An MBR disk already has `0` primary partitions (more than 3).
+    #[error("{0} primary partitions")]
+    TooManyPrimaries(usize),
+    /// No room for the partition.
+    #[error("{0}")]
+    NoSpace(String),
+    /// No partition table at all.
+    #[error("the disk has no partition table")]
+    NoTable,
+    /// Reading or writing the table failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Adds a partition of `size` bytes at the end of the free space (GPT: like
+/// `sgdisk -n 0:-64MB:0`; MBR: like `parted mkpart primary fat32 -64MiB -0`, with IPA's rule
+/// for disks over 2 TiB). Returns it.
+pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
+    let table = read_table(file)?.ok_or(LayoutError::NoTable)?;
+    let mut f = file;
+    let disk = f.seek(SeekFrom::End(0))?;
+    match table.kind {
+        TableKind::Gpt => {
+            let mut gpt =
+                gptman::GPT::find_from(&mut f).map_err(|e| io::Error::other(e.to_string()))?;
+            let ss = gpt.sector_size;
+            let want = size / ss;
+            let (free_start, free_len) = gpt
+                .find_free_sectors()
+                .into_iter()
+                .max_by_key(|(s, _)| *s)
+                .ok_or_else(|| LayoutError::NoSpace("no free space on the disk".into()))?;
+            let free_end = free_start + free_len; // exclusive, in sectors
+            let align = MIB / ss;
+            let start = (free_end.saturating_sub(want)) / align * align;
+            if start < free_start || free_end - start < want {
+                return Err(LayoutError::NoSpace(format!(
+                    "the last free space ({} MiB) is smaller than {} MiB",
+                    free_len * ss / MIB,
+                    size / MIB
+                )));
+            }
+            let n = (1..=gpt.header.number_of_partition_entries)
+                .find(|&i| gpt[i].is_unused())
+                .ok_or_else(|| LayoutError::NoSpace("the GPT has no free entry".into()))?;
+            let id = uuid::Uuid::new_v4();
+            gpt[n] = gptman::GPTPartitionEntry {
+                // Linux filesystem data
+                partition_type_guid: uuid_to_guid(&uuid::uuid!(
+                    "0fc63daf-8483-4772-8e79-3d69d8477de4"
+                )),
+                unique_partition_guid: uuid_to_guid(&id),
+                starting_lba: start,
+                ending_lba: start + want - 1,
+                attribute_bits: 0,
+                partition_name: "config-2".into(),
+            };
+            gpt.write_into(&mut f)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            f.sync_data()?;
+            Ok(Part {
+                number: n,
+                start: start * ss,
+                size: want * ss,
+                uuid: Some(id.to_string()),
+            })
+        }
+        TableKind::Mbr => {
+            let mut mbr =
+                mbrman::MBR::read_from(&mut f, 512).map_err(|e| io::Error::other(e.to_string()))?;
+            let primaries = (1..=4).filter(|&i| mbr[i].is_used()).count();
+            if primaries > 3 {
+                return Err(LayoutError::TooManyPrimaries(primaries));
+            }
+            let disk_mib = disk / MIB;
+            // IPA: disks over 2 TiB get the config drive just below the 2 TiB MBR limit.
+            let (start_mib, end_mib) = if disk_mib > 2_097_152 {
+                (2_097_087, 2_097_151)
+            } else {
+                (disk_mib - size / MIB, disk_mib)
+            };
+            let (start, end) = (start_mib * MIB / 512, end_mib * MIB / 512); // sectors, end exclusive
+            let overlaps = mbr.iter().filter(|(_, p)| p.is_used()).any(|(_, p)| {
+                let (s, e) = (
+                    u64::from(p.starting_lba),
+                    u64::from(p.starting_lba) + u64::from(p.sectors),
+                );
+                s < end && start < e
+            });
+            if overlaps {
+                return Err(LayoutError::NoSpace(
+                    "the end of the disk is already partitioned".into(),
+                ));
+            }
+            let n = (1..=4)
+                .find(|&i| mbr[i].is_unused())
+                .ok_or(LayoutError::TooManyPrimaries(4))?;
+            let (s32, len32) = (
+                u32::try_from(start)
+                    .map_err(|_| LayoutError::NoSpace("beyond the MBR limit".into()))?,
+                u32::try_from(end - start)
+                    .map_err(|_| LayoutError::NoSpace("beyond the MBR limit".into()))?,
+            );
+            mbr[n] = mbrman::MBRPartitionEntry {
+                boot: mbrman::BOOT_INACTIVE,
+                first_chs: mbrman::CHS::empty(),
+                sys: 0x0c, // W95 FAT32 (LBA), what parted writes for "fat32"
+                last_chs: mbrman::CHS::empty(),
+                starting_lba: s32,
+                sectors: len32,
+            };
+            mbr.write_into(&mut f)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            f.sync_data()?;
+            Ok(Part {
+                number: n as u32,
+                start: start * 512,
+                size: (end - start) * 512,
+                uuid: None,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(len: u64) -> (tempfile::NamedTempFile, File) {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(t.path())
+            .unwrap();
+        f.set_len(len).unwrap();
+        (t, f)
+    }
+
+    #[test]
+    fn gpt_config_drive_goes_at_the_end() {
+        let (_t, f) = disk(256 * MIB);
+        let mut g = gptman::GPT::new_from(&mut &f, 512, [1; 16]).unwrap();
+        g[1] = gptman::GPTPartitionEntry {
+            partition_type_guid: [2; 16],
+            unique_partition_guid: [3; 16],
+            starting_lba: 2048,
+            ending_lba: 2048 * 50 - 1,
+            attribute_bits: 0,
+            partition_name: "root".into(),
+        };
+        g.write_into(&mut &f).unwrap();
+        let p = add_end_partition(&f, 64 * MIB).unwrap();
+        assert_eq!(p.number, 2);
+        assert_eq!(p.size, 64 * MIB);
+        assert!(p.start + p.size <= 256 * MIB - 33 * 512);
+        assert!(p.start.is_multiple_of(MIB));
+        let t = read_table(&f).unwrap().unwrap();
+        assert_eq!(t.kind, TableKind::Gpt);
+        assert_eq!(t.parts.len(), 2);
+        assert_eq!(t.parts[1].uuid, p.uuid);
+    }
+
+    #[test]
+    fn mbr_rules() {
+        let (_t, f) = disk(128 * MIB);
+        let mut m = mbrman::MBR::new_from(&mut &f, 512, [1, 2, 3, 4]).unwrap();
+        for i in 1..=4 {
+            m[i] = mbrman::MBRPartitionEntry {
+                boot: 0,
+                first_chs: mbrman::CHS::empty(),
+                sys: 0x83,
+                last_chs: mbrman::CHS::empty(),
+                starting_lba: 2048 * i as u32,
+                sectors: 2048,
+            };
+        }
+        m.write_into(&mut &f).unwrap();
+        assert!(matches!(
+            add_end_partition(&f, 64 * MIB),
+            Err(LayoutError::TooManyPrimaries(4))
+        ));
+        m[4] = mbrman::MBRPartitionEntry::empty();
+        m.write_into(&mut &f).unwrap();
+        let p = add_end_partition(&f, 64 * MIB).unwrap();
+        assert_eq!((p.number, p.start, p.size), (4, 64 * MIB, 64 * MIB));
+        assert_eq!(read_table(&f).unwrap().unwrap().parts.len(), 4);
+    }
+
+    #[test]
+    fn guid_text_matches_sgdisk() {
+        let u = uuid::uuid!("0fc63daf-8483-4772-8e79-3d69d8477de4");
+        assert_eq!(
+            guid_string(&uuid_to_guid(&u)),
+            "0fc63daf-8483-4772-8e79-3d69d8477de4"
+        );
+    }
+}
