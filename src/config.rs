@@ -179,6 +179,11 @@ pub const OPTIONS: &[OptionSpec] = &[
         "false",
         "Trust qemu-img instead of inspecting images",
     ),
+    opt(
+        "image_tmp_dir",
+        None,
+        "Directory for temporary copies of images that cannot stream (default: the system temp dir)",
+    ),
     switch(
         "listen_tls",
         "false",

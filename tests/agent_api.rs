@@ -199,7 +199,14 @@ fn deploy_steps_and_their_failures() {
         .as_array()
         .unwrap();
     for s in steps {
-        for k in ["step", "interface", "priority", "reboot_requested"] {
+        for k in [
+            "step",
+            "interface",
+            "priority",
+            "argsinfo",
+            "reboot_requested",
+            "abortable",
+        ] {
             assert!(s.get(k).is_some(), "{s} lacks {k}");
         }
     }
@@ -378,4 +385,57 @@ fn prepare_image_onto_a_file_reports_progress_then_ipas_message() {
             .starts_with("Unable to find a valid partition table"),
         "{v}"
     );
+}
+
+#[test]
+fn raw_images_without_stream_raw_images_take_the_cache_path_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = Arc::new(gpt_image(dir.path(), 8 << 20, 52));
+    let s = Server::start();
+    let url = s.route(
+        "/img",
+        Route::Bytes {
+            data: image.clone(),
+            ranges: false,
+        },
+    );
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 16 << 20]).unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let a = AgentProc::start(
+        dir.path(),
+        &[
+            "--agent-token",
+            T,
+            "--root-device",
+            disk.to_str().unwrap(),
+            "--image-tmp-dir",
+            tmp.to_str().unwrap(),
+        ],
+    );
+    let body = json!({"name": "standby.prepare_image", "params": {"image_info":
+        {"id": "cached", "urls": [url], "checksum": sha256(&image), "disk_format": "raw", "stream_raw_images": false}}});
+    for _ in 0..2 {
+        let (_, v) = post(&a, "&wait=true", &body.to_string());
+        assert_eq!(v["command_status"], "SUCCEEDED", "{v}");
+        assert!(v["command_result"]["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("prepare_image: image (cached) written to device"));
+    }
+    assert_eq!(
+        s.hits("/img"),
+        1,
+        "the second prepare_image of the same image must use the cache: {}",
+        a.log_text()
+    );
+    assert!(a.log_text().contains("TempFile"), "{}", a.log_text());
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the temporary copy must be removed"
+    );
+    let on_disk = std::fs::read(&disk).unwrap();
+    assert!(on_disk[(1 << 20)..(7 << 20)] == image[(1 << 20)..(7 << 20)]);
 }

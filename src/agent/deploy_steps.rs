@@ -18,14 +18,28 @@ pub const MANAGER_NAME: &str = "generic_hardware_manager";
 /// See [`MANAGER_NAME`].
 pub const MANAGER_VERSION: &str = "1.2";
 
-fn step(name: &str) -> Value {
-    json!({"step": name, "priority": 0, "interface": "deploy", "reboot_requested": false})
+fn step(name: &str, argsinfo: Value) -> Value {
+    json!({"step": name, "priority": 0, "interface": "deploy", "reboot_requested": false,
+           "abortable": false, "argsinfo": argsinfo})
 }
 
-/// `get_deploy_steps`: the steps rivet can run (the conductor drives them; priority 0).
+/// `get_deploy_steps`: the steps rivet can run (the conductor drives them; priority 0), in
+/// the shape of SPEC §16.6 (IPA 13 itself leaves `argsinfo`/`abortable` out of these two;
+/// Ironic accepts both).
 pub fn get_deploy_steps() -> Value {
+    let arg = |d: &str, required: bool| json!({"description": d, "required": required});
     json!({
-        "deploy_steps": {MANAGER: [step("write_image"), step("execute_bootc_install")]},
+        "deploy_steps": {MANAGER: [
+            step("write_image", json!({
+                "image_info": arg("Ironic's image_info dict: the image to write.", true),
+                "configdrive": arg("Config drive: gzip+base64 text or a URL.", false),
+            })),
+            step("execute_bootc_install", json!({
+                "image_source": arg("The OCI image reference (oci://...).", true),
+                "configdrive": arg("Config drive: gzip+base64 text or a URL.", false),
+                "oci_pull_secret": arg("Base64 registry credentials for the pull.", false),
+            })),
+        ]},
         "hardware_manager_version": {MANAGER_NAME: MANAGER_VERSION},
     })
 }

@@ -10,7 +10,7 @@ use super::power::PowerAction;
 use super::Agent;
 use crate::deploy::bootc::{self, BootcRequest};
 use crate::deploy::configdrive_write;
-use crate::deploy::decode::FormatPolicy;
+use crate::deploy::decode::{FormatPolicy, WritePath};
 use crate::deploy::partition_image;
 use crate::deploy::pipeline::{self, DeployOptions};
 use crate::disk::table;
@@ -50,6 +50,9 @@ pub fn prepare_image(
             deep: !settings
                 .bool("disable_deep_image_inspection")
                 .unwrap_or(false),
+            // IPA streams only raw images with stream_raw_images; rivet streams qcow2 too,
+            // and keeps IPA's cache path when Ironic turns streaming off for raw.
+            stream: info.stream_raw_images || !matches!(info.disk_format.as_deref(), Some("raw")),
             ..FormatPolicy::default()
         },
         tmp_dir: settings.get("image_tmp_dir").map(Into::into),
@@ -86,16 +89,18 @@ pub fn prepare_image(
 
     let cached = agent.standby().cached_image_id.clone();
     if cached.as_deref() != Some(info.id.as_str()) {
-        // Raw and qcow2 images stream (no temporary copy), whatever stream_raw_images says;
-        // like IPA's streaming path, this never sets cached_image_id.
         let done = pipeline::write_image(&info, &device, &cfg, &opts, Arc::clone(progress))?;
         tracing::info!(
-            "image {} written to {} in {:.1} s",
+            "image {} written to {} in {:.1} s ({:?})",
             info.id,
             device.display(),
-            done.elapsed.as_secs_f64()
+            done.elapsed.as_secs_f64(),
+            done.path
         );
-        agent.standby().partition_uuids = Some(json!({}));
+        let mut st = agent.standby();
+        st.partition_uuids = Some(json!({}));
+        // As IPA: only the cache (temp-file) path remembers the image; streaming never does.
+        st.cached_image_id = (done.path == WritePath::TempFile).then(|| info.id.clone());
     }
     validate_partitioning(&device)?;
     if let Some(cd) = configdrive.as_deref().filter(|c| !c.is_empty()) {

@@ -22,7 +22,8 @@ pub struct FormatPolicy {
     pub deep: bool,
     /// Bytes a qcow2 stream may hold before its tables arrive.
     pub spill_budget: usize,
-    /// Convert qcow2 while it streams; false takes the temp-file path, as IPA does.
+    /// Stream the image to the disk (raw as it is, qcow2 converted on the fly); false takes
+    /// the temp-file path, as IPA does without `stream_raw_images`.
     pub stream: bool,
 }
 
@@ -169,6 +170,12 @@ impl Decoder {
         let found = inspect::check(&buf, p.disk_format.as_deref(), &p.permitted, p.deep)
             .map_err(DecodeError::Refused)?;
         match found.format {
+            f @ (Format::Raw | Format::Gpt | Format::Qcow2) if !self.policy.stream => {
+                return Err(DecodeError::Fallback {
+                    format: f,
+                    why: "streaming is off (stream_raw_images false, or --temp-file)".into(),
+                })
+            }
             Format::Raw | Format::Gpt => {
                 tracing::info!(
                     format = found.format.name(),
@@ -178,12 +185,6 @@ impl Decoder {
                     return Err(e);
                 }
                 self.w.push(&buf)?;
-            }
-            Format::Qcow2 if !self.policy.stream => {
-                return Err(DecodeError::Fallback {
-                    format: Format::Qcow2,
-                    why: "streaming conversion is off".into(),
-                })
             }
             Format::Qcow2 => {
                 let q = Qcow2Stream::new(&buf, self.policy.spill_budget).map_err(|e| match e {

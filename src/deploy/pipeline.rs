@@ -163,6 +163,10 @@ fn run_once(
     expected: &Expected,
     opts: &DeployOptions,
 ) -> Result<Written> {
+    if !opts.policy.stream {
+        // Decided before the first byte: no streaming attempt to throw away.
+        return super::tempfile_path::deploy(dl, info, target, expected, opts, None);
+    }
     let progress = Arc::clone(dl.progress());
     let (hash_tx, hash_rx) = mpsc::sync_channel(QUEUE);
     let (write_tx, write_rx) = mpsc::sync_channel(QUEUE);
@@ -220,7 +224,14 @@ fn run_once(
             Err(e) => return fail(e),
             Ok((format, why)) => {
                 tracing::warn!("{why}: falling back to the temp-file path");
-                return super::tempfile_path::deploy(dl, info, target, expected, opts, format);
+                return super::tempfile_path::deploy(
+                    dl,
+                    info,
+                    target,
+                    expected,
+                    opts,
+                    Some(format),
+                );
             }
         },
         (Err(e), _) => return fail(e),
@@ -228,7 +239,14 @@ fn run_once(
             Err(e) => return fail(e),
             Ok((format, why)) => {
                 tracing::warn!("{why}: falling back to the temp-file path");
-                return super::tempfile_path::deploy(dl, info, target, expected, opts, format);
+                return super::tempfile_path::deploy(
+                    dl,
+                    info,
+                    target,
+                    expected,
+                    opts,
+                    Some(format),
+                );
             }
         },
         (Ok(url), Ok((w, path))) => (url, w, path),

@@ -59,14 +59,15 @@ impl Sink for FileSink<'_> {
     }
 }
 
-/// Deploys `info` through a temporary copy. `hint` is the format the stream showed.
+/// Deploys `info` through a temporary copy. `hint` is the format the stream showed, if a
+/// streaming attempt came first.
 pub(super) fn deploy(
     dl: &mut ImageDownload,
     info: &ImageInfo,
     target: &Arc<Target>,
     expected: &Expected,
     opts: &DeployOptions,
-    hint: Format,
+    hint: Option<Format>,
 ) -> Result<Written> {
     let dir = opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
@@ -82,7 +83,11 @@ pub(super) fn deploy(
             )
         })?;
     let path = tmp.path().to_owned();
-    tracing::info!(path = %path.display(), format = hint.name(), "temp-file path: downloading to a local copy");
+    tracing::info!(
+        path = %path.display(),
+        format = hint.map(Format::name).unwrap_or("not yet known"),
+        "temp-file path: downloading to a local copy"
+    );
     let mut file = tmp.reopen().map_err(|e| write_error(info, &path, &e))?;
     let mut sink = FileSink {
         file: &mut file,
