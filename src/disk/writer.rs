@@ -146,11 +146,16 @@ impl DiskWriter {
                     self.cur.insert(b)
                 }
             };
-            let take = (WRITE_SIZE - self.fill).min(data.len());
+            // Writes end on 4 MiB boundaries of the disk (the first one is short, as the
+            // head is held back): unaligned large O_DIRECT writes cost loop devices and
+            // RAID stripes dearly (measured: 2.5x slower onto a loop device over tmpfs).
+            let pos = self.buf_at + self.fill as u64;
+            let to_boundary = WRITE_SIZE - (pos % WRITE_SIZE as u64) as usize;
+            let take = to_boundary.min(WRITE_SIZE - self.fill).min(data.len());
             buf.slice_mut()[self.fill..self.fill + take].copy_from_slice(&data[..take]);
             self.fill += take;
             data = &data[take..];
-            if self.fill == WRITE_SIZE {
+            if take == to_boundary || self.fill == WRITE_SIZE {
                 self.submit()?;
             }
         }
