@@ -64,7 +64,7 @@ impl Ironic {
         let timeout = s
             .secs("http_request_timeout")
             .map_err(|e| IronicError::Config(e.to_string()))?;
-        let client = crate::image::fetch::build_client(&fetch, &Default::default(), None)
+        let client = crate::image::http::build_client(&fetch, &Default::default(), None)
             .map_err(IronicError::Config)?;
         Ok(Some(Ironic {
             urls,

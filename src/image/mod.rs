@@ -3,4 +3,5 @@
 pub mod checksum;
 pub mod fetch;
 pub mod format;
+pub mod http;
 pub mod info;
