@@ -665,3 +665,62 @@ fn unknown_algorithm_without_checksum_is_a_rest_error() {
         "An error occurred: Unable to verify image fake_id with available checksums."
     ));
 }
+
+#[test]
+fn a_refused_resume_restarts_from_zero() {
+    let s = Server::start();
+    let data = bytes(4 * MIB, 16);
+    let url = s.route(
+        "/img",
+        Route::Cut416 {
+            data: data.clone(),
+            after: 3 * MIB,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("disk");
+    run(&sha_info(&[url], &data), &t, &cfg()).0.unwrap();
+    assert_image(&t, &data);
+    let reqs = s.requests("/img");
+    assert_eq!(
+        reqs.len(),
+        3,
+        "cut, 416 to the range request, then a full download"
+    );
+    assert!(reqs[1].headers.contains_key("range"));
+    assert!(!reqs[2].headers.contains_key("range"));
+}
+
+#[test]
+fn a_failure_after_writing_began_wipes_even_when_the_last_url_failed_early() {
+    let s = Server::start();
+    let data = bytes(6 * MIB, 17);
+    let cut = s.route(
+        "/cut",
+        Route::CutAfter {
+            data: data.clone(),
+            after: 5 * MIB,
+            times: 9,
+            ranges: false,
+        },
+    );
+    let gone = s.route("/gone", Route::Status(404));
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("disk");
+    std::fs::write(&t, vec![0xEEu8; 8 * MIB]).unwrap();
+    let c = FetchConfig {
+        retries: 0,
+        ..cfg()
+    };
+    let e = err(run(&sha_info(&[cut, gone], &data), &t, &c).0);
+    assert_eq!(e.type_name(), "ImageDownloadFatalError");
+    let on_disk = std::fs::read(&t).unwrap();
+    assert!(
+        on_disk[..MIB].iter().all(|&b| b == 0),
+        "the old head must not survive"
+    );
+    assert!(
+        on_disk[7 * MIB..].iter().all(|&b| b == 0),
+        "the old backup table must not survive"
+    );
+}

@@ -168,6 +168,12 @@ async fn post(State(a): State<Arc<Agent>>, Query(q): Q, body: Bytes) -> Response
         );
     };
     let (name, params) = (name.to_string(), params.clone());
+    // The name's form is checked before the busy rule, as IPA splits it first.
+    if !name.contains('.') {
+        return agent_fault(&AgentError::InvalidCommand(
+            "Command name must be of the form <extension>.<name>".into(),
+        ));
+    }
     tracing::info!(command = %name, "command received");
     let agent = Arc::clone(&a);
     let heartbeat = Arc::clone(&a);

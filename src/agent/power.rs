@@ -104,8 +104,9 @@ impl PowerBackend for SystemBackend {
                 ),
                 Err(e) => (-1, String::new(), e.to_string()),
             };
+            tracing::error!("sysrq fallback failed: {e}");
             AgentError::SystemReboot(format!(
-                "Reboot script failed with exit code {rc}. stdout: {stdout}. stderr: {stderr}. sysrq: {e}."
+                "Reboot script failed with exit code {rc}. stdout: {stdout}. stderr: {stderr}."
             ))
         })
     }

@@ -135,6 +135,7 @@ pub fn validate_partitioning(device: &Path) -> Result<(), AgentError> {
     let mut f = std::fs::File::open(device).map_err(|e| {
         AgentError::Deployment(format!(
             "Unable to find a valid partition table on the disk after writing the image. \
+             The image may be corrupted or it uses a different sector size than the device. \
              Error: cannot open {}: {e}",
             device.display()
         ))

@@ -3,7 +3,7 @@
 //! into it by byte offset, and check it by reading it back — no partition node, no mount.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::configdrive::{self, DriveKind};
@@ -54,9 +54,11 @@ pub fn write_config_drive(
     let limit = configdrive::MAX_CONFIG_DRIVE_SIZE as usize * 2;
     let image =
         configdrive::materialise(node, configdrive, &|url: &str| fetch_bytes(url, cfg, limit))?;
+    // O_EXCL: refuse a disk that is mounted or held, as for the image itself.
     let disk = OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_EXCL)
         .open(device)
         .map_err(|e| failed(&e))?;
 

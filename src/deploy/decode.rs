@@ -243,14 +243,18 @@ fn qcow2_error(e: Qcow2Error) -> DecodeError {
             format: Format::Qcow2,
             why,
         },
+        // IPA's exact text on the wire; the reason goes to the log.
         Qcow2Error::Unsafe(why) => {
             tracing::error!("qcow2 refused: {why}");
-            DecodeError::Refused(AgentError::InvalidImage(format!(
-                "Security: Image failed safety check ({why})"
-            )))
+            DecodeError::Refused(AgentError::InvalidImage(
+                "Security: Image failed safety check".into(),
+            ))
         }
-        Qcow2Error::Truncated(why) => DecodeError::Refused(AgentError::InvalidImage(format!(
-            "Security: Image failed safety check (the qcow2 image is truncated: {why})"
-        ))),
+        Qcow2Error::Truncated(why) => {
+            tracing::error!("qcow2 refused: the image is truncated: {why}");
+            DecodeError::Refused(AgentError::InvalidImage(
+                "Security: Image failed safety check".into(),
+            ))
+        }
     }
 }

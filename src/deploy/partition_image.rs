@@ -6,6 +6,7 @@
 //! when it made one (real ramdisks), else a loop device over the partition's byte range.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -267,12 +268,21 @@ fn write_table(
 ) -> std::io::Result<Vec<Option<String>>> {
     let mut f = disk;
     let len = std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))?;
+    // The table must use the disk's logical sector size, or firmware and kernel won't read it.
+    let ss = rustix::fs::ioctl_blksszget(disk)
+        .map(u64::from)
+        .unwrap_or(512);
+    if !gpt && ss != 512 {
+        return Err(std::io::Error::other(format!(
+            "an msdos label on a {ss}-byte-sector disk is not supported"
+        )));
+    }
     let zeros = vec![0u8; MIB as usize];
     std::os::unix::fs::FileExt::write_all_at(disk, &zeros, 0)?;
     std::os::unix::fs::FileExt::write_all_at(disk, &zeros, len - MIB)?;
     let other = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
     if gpt {
-        let mut g = gptman::GPT::new_from(&mut f, 512, *uuid::Uuid::new_v4().as_bytes())
+        let mut g = gptman::GPT::new_from(&mut f, ss, *uuid::Uuid::new_v4().as_bytes())
             .map_err(|e| other(&e))?;
         let mut ids = Vec::new();
         for p in parts {
@@ -288,15 +298,15 @@ fn write_table(
                     &ty.parse().map_err(|e| other(&e))?,
                 ),
                 unique_partition_guid: crate::disk::layout::uuid_to_guid(&id),
-                starting_lba: p.start / 512,
-                ending_lba: (p.start + p.size) / 512 - 1,
+                starting_lba: p.start / ss,
+                ending_lba: (p.start + p.size) / ss - 1,
                 attribute_bits: 0,
                 partition_name: p.role.into(),
             };
             ids.push(Some(guid_string(&g[p.number].unique_partition_guid)));
         }
         g.write_into(&mut f).map_err(|e| other(&e))?;
-        gptman::GPT::write_protective_mbr_into(&mut f, 512).map_err(|e| other(&e))?;
+        gptman::GPT::write_protective_mbr_into(&mut f, ss).map_err(|e| other(&e))?;
         f.sync_data()?;
         Ok(ids)
     } else {
@@ -373,9 +383,11 @@ pub fn deploy(
         .map(|c| (c.len() as u64).div_ceil(MIB).max(1))
         .unwrap_or(0);
     let parts = plan(info, mode, gpt, cd_mb);
+    // O_EXCL: the kernel refuses if the disk or one of its partitions is mounted or held.
     let disk = OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_EXCL)
         .open(device)
         .map_err(|e| {
             AgentError::DeviceNotFound(format!("Cannot open {}: {e}", device.display()))
@@ -391,7 +403,27 @@ pub fn deploy(
         )));
     }
     let partuuids = if info.preserve_ephemeral {
-        vec![None; parts.len()]
+        // Nothing is repartitioned: the existing table must be the one this request implies,
+        // or the root image would land beside the partition the table describes.
+        let existing = crate::disk::layout::read_table(&disk)
+            .ok()
+            .flatten()
+            .map(|t| t.parts)
+            .unwrap_or_default();
+        for p in &parts {
+            let same = existing
+                .iter()
+                .any(|e| e.number == p.number && e.start == p.start && e.size == p.size);
+            if !same {
+                return Err(AgentError::Deployment(format!(
+                    "Cannot preserve the ephemeral partition on {}: the existing partition {} ({}) does not match the requested layout",
+                    device.display(),
+                    p.number,
+                    p.role
+                )));
+            }
+        }
+        existing.into_iter().map(|e| e.uuid).collect()
     } else {
         write_table(&disk, &parts, gpt, mode).map_err(|e| {
             AgentError::Deployment(format!(
@@ -407,8 +439,9 @@ pub fn deploy(
     let root_p =
         find("root").ok_or_else(|| AgentError::Deployment("no root partition planned".into()))?;
     let root_dev = PartDev::open(device, root_p).map_err(|e| {
+        tracing::error!("root partition device: {e}");
         AgentError::Deployment(format!(
-            "Root device '{}' not found: {e}",
+            "Root device '{}' not found",
             partition_path(device, root_p.number).display()
         ))
     })?;
@@ -418,8 +451,9 @@ pub fn deploy(
     for p in &parts {
         let mk = |args: Vec<String>, cmd: &str| -> Result<(), AgentError> {
             let d = PartDev::open(device, p).map_err(|e| {
+                tracing::error!("{} partition device: {e}", p.role);
                 AgentError::Deployment(format!(
-                    "'{}' device '{}' not found: {e}",
+                    "'{}' device '{}' not found",
                     p.role,
                     partition_path(device, p.number).display()
                 ))
@@ -431,7 +465,11 @@ pub fn deploy(
         };
         match p.role {
             "efi system partition" => {
-                mk(vec!["-n".into(), "efi-part".into()], "mkfs.vfat")?;
+                // -I: a loop device over the partition may look like a whole disk to mkfs.vfat.
+                mk(
+                    vec!["-I".into(), "-n".into(), "efi-part".into()],
+                    "mkfs.vfat",
+                )?;
                 let d = PartDev::open(device, p).map_err(AgentError::Deployment)?;
                 efi_uuid = blkid(&d.path, "UUID");
             }

@@ -201,12 +201,14 @@ fn run_once(
     let downloaded = dl.run(&mut sink);
     let consumer_gone = sink.consumer_gone;
     drop(sink);
-    let digest = hasher.join().map_err(|_| panicked(info, "hash"))?;
-    let written = writer.join().map_err(|_| panicked(info, "write"))?;
+    // Join both before deciding anything: no stage may outlive the attempt.
+    let digest = hasher.join();
+    let written = writer.join();
 
-    // Only what reached the disk needs wiping: a refusal before the first write loses nothing.
+    // Only a disk that was written to needs wiping: a refusal before the first write loses
+    // nothing. `touched` is set by the I/O thread itself, whatever the counters say.
     let fail = |e: AgentError| {
-        if progress.bytes_written() > 0 {
+        if target.touched() {
             tracing::warn!("wiping the partition tables of {}", target.path().display());
             if let Err(w) = target.wipe_tables() {
                 tracing::error!("could not wipe {}: {w}", target.path().display());
@@ -214,40 +216,29 @@ fn run_once(
         }
         Err(e)
     };
+    let (digest, written) = match (digest, written) {
+        (Ok(d), Ok(w)) => (d, w),
+        (Err(_), _) => return fail(panicked(info, "hash")),
+        (_, Err(_)) => return fail(panicked(info, "write")),
+    };
     let decode_failure = |e: DecodeError| match e {
         DecodeError::Refused(e) => Err(e),
         DecodeError::Io(io) => Err(write_error(info, target.path(), &io)),
         DecodeError::Fallback { format, why } => Ok((format, why)),
     };
+    let fallback = |dl: &mut ImageDownload, format, why: String| {
+        tracing::warn!("{why}: falling back to the temp-file path");
+        super::tempfile_path::deploy(dl, info, target, expected, opts, Some(format)).or_else(fail)
+    };
     let (url, writer, path) = match (downloaded, written) {
         (Err(_), Err(e)) if consumer_gone => match decode_failure(e) {
             Err(e) => return fail(e),
-            Ok((format, why)) => {
-                tracing::warn!("{why}: falling back to the temp-file path");
-                return super::tempfile_path::deploy(
-                    dl,
-                    info,
-                    target,
-                    expected,
-                    opts,
-                    Some(format),
-                );
-            }
+            Ok((format, why)) => return fallback(dl, format, why),
         },
         (Err(e), _) => return fail(e),
         (Ok(_), Err(e)) => match decode_failure(e) {
             Err(e) => return fail(e),
-            Ok((format, why)) => {
-                tracing::warn!("{why}: falling back to the temp-file path");
-                return super::tempfile_path::deploy(
-                    dl,
-                    info,
-                    target,
-                    expected,
-                    opts,
-                    Some(format),
-                );
-            }
+            Ok((format, why)) => return fallback(dl, format, why),
         },
         (Ok(url), Ok((w, path))) => (url, w, path),
     };
@@ -259,7 +250,8 @@ fn run_once(
         Ok(b) => b,
         Err(e) => return fail(write_error(info, target.path(), &e)),
     };
-    if opts.verify_readback {
+    // Only raw bytes can be compared with the download's digest.
+    if opts.verify_readback && path == WritePath::Raw {
         let again = readback_digest(target, bytes, expected.algo)
             .map_err(|e| write_error(info, target.path(), &e));
         match again {

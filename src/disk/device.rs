@@ -24,6 +24,8 @@ pub struct Target {
     block: bool,
     capacity: Option<u64>,
     sector_size: u64,
+    /// Set (never cleared) once anything was written: what a failure must then wipe.
+    touched: std::sync::atomic::AtomicBool,
 }
 
 impl Target {
@@ -66,6 +68,7 @@ impl Target {
                 block: true,
                 capacity: Some(capacity),
                 sector_size,
+                touched: Default::default(),
             })
         } else {
             if let Ok(m) = &meta {
@@ -94,6 +97,7 @@ impl Target {
                 block: false,
                 capacity: (len > 0).then_some(len),
                 sector_size: 512,
+                touched: Default::default(),
             })
         }
     }
@@ -126,6 +130,17 @@ impl Target {
     /// The `O_DIRECT` descriptor, when there is one.
     pub fn direct(&self) -> Option<&File> {
         self.direct.as_ref()
+    }
+
+    /// Records that the disk has been written to.
+    pub fn mark_touched(&self) {
+        self.touched
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether anything was written to the disk (by this process, through this target).
+    pub fn touched(&self) -> bool {
+        self.touched.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Flushes written data to the device.
@@ -161,6 +176,7 @@ impl Target {
         if end <= start {
             return Ok(());
         }
+        self.mark_touched();
         let len = end - start;
         let done = if self.block {
             // BLKZEROOUT = _IO(0x12, 127), argument: [start, len] in bytes.

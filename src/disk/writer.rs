@@ -57,6 +57,9 @@ enum Job {
         start: u64,
         end: u64,
     },
+    /// Before the first byte lands: zero the old partition tables at both ends, so a crash
+    /// or power loss mid-write never leaves an old, valid table over new data.
+    WipeTables,
 }
 
 /// Streams an image onto a [`Target`].
@@ -75,6 +78,7 @@ pub struct DiskWriter {
     jobs: Option<SyncSender<Job>>,
     free: Receiver<AlignedBuf>,
     io: Option<JoinHandle<io::Result<()>>>,
+    wiped: bool,
 }
 
 impl DiskWriter {
@@ -104,6 +108,7 @@ impl DiskWriter {
             jobs: Some(jobs_tx),
             free: free_rx,
             io: Some(io),
+            wiped: false,
         })
     }
 
@@ -165,6 +170,7 @@ impl DiskWriter {
     /// Makes `[start, end)` of the disk read as zeros (holes of a sparse image), in order with
     /// the writes. The held-back head is zero-filled already.
     pub fn zero_range(&mut self, start: u64, end: u64) -> io::Result<()> {
+        self.received = self.received.max(end);
         if start < TABLE_AREA {
             // The head is zero-filled: it only has to be written out that far.
             self.head_len = self.head_len.max(end.min(TABLE_AREA) as usize);
@@ -173,7 +179,7 @@ impl DiskWriter {
         if start >= end {
             return Ok(());
         }
-        self.received = self.received.max(end);
+        self.wipe_first()?;
         if self.fill > 0 {
             self.submit()?;
         }
@@ -195,7 +201,19 @@ impl DiskWriter {
         self.buf_at = TABLE_AREA;
     }
 
+    fn wipe_first(&mut self) -> io::Result<()> {
+        if self.wiped {
+            return Ok(());
+        }
+        self.wiped = true;
+        match &self.jobs {
+            Some(tx) => tx.send(Job::WipeTables).map_err(|_| self.io_failed()),
+            None => Err(io::Error::other("writer already finished")),
+        }
+    }
+
     fn submit(&mut self) -> io::Result<()> {
+        self.wipe_first()?;
         let Some(buf) = self.cur.take() else {
             return Ok(());
         };
@@ -245,6 +263,7 @@ impl DiskWriter {
             }
             _ => self.target.file().write_all_at(&self.head[..head_len], 0)?,
         }
+        self.target.mark_touched();
         self.progress.add_written(head_len as u64);
         self.target.sync()?;
         Ok(self.received)
@@ -276,6 +295,7 @@ fn io_loop(
                     }
                     _ => target.file(),
                 };
+                target.mark_touched();
                 fd.write_all_at(buf.slice(len), at)?;
                 progress.add_written(len as u64);
                 // The copier may have stopped wanting buffers (reset or failure): that's fine.
@@ -284,6 +304,10 @@ fn io_loop(
             Job::Zero { start, end } => {
                 target.zero(start, end)?;
                 progress.add_written(end - start);
+            }
+            Job::WipeTables => {
+                target.mark_touched();
+                target.wipe_tables()?;
             }
         }
     }
@@ -307,15 +331,20 @@ mod tests {
         }
         w.finish().unwrap();
         let on_disk = std::fs::read(&p).unwrap();
+        // The old tables were wiped before the first write; the image's head is not there yet.
         assert!(
-            on_disk[..1 << 20].iter().all(|&b| b == 0xAA),
+            on_disk[..1 << 20].iter().all(|&b| b == 0),
             "head written early"
+        );
+        assert!(
+            on_disk[11 << 20..].iter().all(|&b| b == 0),
+            "old tail table kept"
         );
         assert_eq!(&on_disk[1 << 20..img.len()], &img[1 << 20..]);
         assert_eq!(w.commit().unwrap(), img.len() as u64);
         let on_disk = std::fs::read(&p).unwrap();
         assert_eq!(&on_disk[..img.len()], &img[..]);
-        assert!(on_disk[img.len()..].iter().all(|&b| b == 0xAA));
+        assert!(on_disk[img.len()..(11 << 20)].iter().all(|&b| b == 0xAA));
     }
 
     #[test]
@@ -340,7 +369,11 @@ mod tests {
         );
         assert!(d[8 << 20..(8 << 20) + 65536].iter().all(|&b| b == 1));
         assert!(d[(8 << 20) + 65536..12 << 20].iter().all(|&b| b == 0));
-        assert!(d[12 << 20..].iter().all(|&b| b == 0xAA));
+        assert!(d[12 << 20..15 << 20].iter().all(|&b| b == 0xAA));
+        assert!(
+            d[15 << 20..].iter().all(|&b| b == 0),
+            "old tail table wiped before writing"
+        );
     }
 
     #[test]

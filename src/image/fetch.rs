@@ -284,7 +284,8 @@ impl ImageDownload {
 
     /// Downloads the image into `sink`, trying each URL in turn. Returns the URL that worked.
     pub fn run(&mut self, sink: &mut dyn Sink) -> Result<String> {
-        self.started = Instant::now();
+        // `started` is set once, in new(): max_duration covers every attempt and pass (SPEC
+        // §7.6), including the pipeline's checksum retries and the temp-file fallback.
         let urls = self.info.urls.clone();
         let mut records = Vec::new();
         let mut dirty = false;
@@ -409,13 +410,31 @@ impl ImageDownload {
         let id = self.info.id.as_str();
         if resuming && status == StatusCode::PARTIAL_CONTENT {
             let start = content_range_start(resp.headers());
-            if start != Some(cur.offset) {
+            let total = content_range_total(resp.headers());
+            let changed = matches!((cur.total, total), (Some(a), Some(b)) if a != b);
+            if start != Some(cur.offset) || changed {
+                // Not the same file any more (or a confused server): start over from byte 0.
+                tracing::warn!(
+                    url,
+                    "the resumed answer does not continue the file; restarting"
+                );
+                cur.validator = None;
                 return Err(Failure::Retry(format!(
-                    "Server answered a range request for byte {} from byte {:?}",
-                    cur.offset, start
+                    "Server answered a range request for byte {} from byte {start:?} of {total:?} bytes",
+                    cur.offset
                 )));
             }
+            if cur.total.is_none() {
+                cur.total = total;
+                self.progress.set_content_length(total);
+            }
             tracing::info!(url, offset = cur.offset, "resuming the download");
+        } else if resuming && status == StatusCode::RANGE_NOT_SATISFIABLE {
+            tracing::warn!(url, "the server refused to resume; restarting from byte 0");
+            cur.validator = None;
+            return Err(Failure::Retry(format!(
+                "Received status code 416 from {url} when resuming"
+            )));
         } else if status == StatusCode::OK {
             if cur.offset > 0 {
                 tracing::warn!(url, "the download cannot resume; restarting from byte 0");
@@ -573,6 +592,12 @@ fn resume_validator(h: &HeaderMap) -> Option<HeaderValue> {
         .filter(|v| !v.as_bytes().starts_with(b"W/"))
         .or_else(|| h.get(header::LAST_MODIFIED))
         .cloned()
+}
+
+/// The total length `N` of a `Content-Range: bytes A-B/N` answer.
+fn content_range_total(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    v.rsplit('/').next()?.trim().parse().ok()
 }
 
 /// The first byte of a `Content-Range: bytes A-B/N` answer.

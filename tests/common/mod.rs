@@ -50,6 +50,9 @@ pub enum Route {
     },
     /// Serve the bytes without a Content-Length (chunked end by close).
     NoLength { data: Arc<Vec<u8>> },
+    /// Advertise ranges, cut the first answer after `after` bytes, then answer every range
+    /// request with 416 (and plain requests in full).
+    Cut416 { data: Arc<Vec<u8>>, after: usize },
 }
 
 /// One request the server saw.
@@ -198,6 +201,15 @@ fn handle(
                 serve(&mut out, &data, false, None, None)
             } else {
                 status(&mut out, 401, "Unauthorized")
+            }
+        }
+        Some(Route::Cut416 { data, after }) => {
+            if n == 1 {
+                serve(&mut out, &data, true, None, Some(after))
+            } else if range_from.is_some() {
+                status(&mut out, 416, "Range Not Satisfiable")
+            } else {
+                serve(&mut out, &data, true, None, None)
             }
         }
         Some(Route::NoLength { data }) => {

@@ -226,6 +226,8 @@ pub struct Qcow2Stream {
     l1_done: bool,
     /// Guest ranges written, start → end (merged).
     written: BTreeMap<u64, u64>,
+    /// The longest object known: how far back a byte may belong to one still gathering.
+    max_obj_len: u64,
 }
 
 impl Qcow2Stream {
@@ -241,12 +243,24 @@ impl Qcow2Stream {
         let c = hdr.cluster();
         let mut objs = BTreeMap::new();
         objs.insert(0, (c, Obj::Skip));
-        // Tables fill whole clusters; the padding after the last entry is theirs too.
-        let l1_end = (hdr.l1_offset + u64::from(hdr.l1_size) * 8).div_ceil(c) * c;
+        // Tables fill whole clusters; the padding after the last entry is theirs too. The
+        // offsets are untrusted: beyond the 56-bit range qcow2 allows they are refused.
+        if hdr.l1_offset > L2_OFFSET_MASK || hdr.refcount_offset > L2_OFFSET_MASK {
+            return Err(unsafe_("qcow2 table offsets out of range"));
+        }
+        let l1_bytes = u64::from(hdr.l1_size) * 8;
+        let rt_bytes = u64::from(hdr.refcount_clusters) * c;
+        // Tables are gathered whole in memory: bound them (qemu's own limits are 32/8 MiB).
+        if l1_bytes > 32 << 20 || rt_bytes > 8 << 20 {
+            return Err(Qcow2Error::NeedsFallback(
+                "the qcow2 tables are too large to stream".into(),
+            ));
+        }
+        let l1_end = (hdr.l1_offset + l1_bytes).div_ceil(c) * c;
         if !hdr.l1_offset.is_multiple_of(c) || hdr.l1_offset == 0 {
             return Err(unsafe_("qcow2 L1 table is misplaced"));
         }
-        let rt_end = hdr.refcount_offset + u64::from(hdr.refcount_clusters) * c;
+        let rt_end = hdr.refcount_offset + rt_bytes;
         let mut s = Qcow2Stream {
             hdr,
             pos: 0,
@@ -258,6 +272,7 @@ impl Qcow2Stream {
             l2_pending: 0,
             l1_done: false,
             written: BTreeMap::new(),
+            max_obj_len: 0,
         };
         s.add_obj(s.hdr.l1_offset, l1_end, Obj::L1)?;
         if s.hdr.refcount_offset > 0 {
@@ -274,6 +289,11 @@ impl Qcow2Stream {
     fn add_obj(&mut self, start: u64, end: u64, obj: Obj) -> Result<(), Qcow2Error> {
         // Mappings live until their bytes pass; bound them (~60 bytes each) so memory stays
         // small whatever the image claims. Past this, qemu-img does the job.
+        if self.objs.contains_key(&start) {
+            return Err(unsafe_(format!(
+                "two qcow2 structures start at host offset {start:#x}"
+            )));
+        }
         if self.objs.len() >= MAX_OBJECTS {
             return Err(Qcow2Error::NeedsFallback(format!(
                 "more than {MAX_OBJECTS} clusters are mapped ahead of the stream"
@@ -287,6 +307,7 @@ impl Qcow2Stream {
                 )));
             }
         }
+        self.max_obj_len = self.max_obj_len.max(end.saturating_sub(start));
         self.objs.insert(start, (end, obj));
         Ok(())
     }
@@ -309,7 +330,7 @@ impl Qcow2Stream {
         let end = at + data.len() as u64;
         // Compressed clusters are at most a cluster and a sector long and may share their last
         // sector with the next one, so several objects can cover the same byte.
-        let reach = self.hdr.cluster() + 1024;
+        let reach = (self.hdr.cluster() + 1024).max(self.max_obj_len);
         let mut cur = at;
         while cur < end {
             let covering: Vec<(u64, u64, Obj)> = self
