@@ -272,15 +272,7 @@ fn auto_tls_sends_its_certificate_and_serves_https() {
 #[test]
 fn static_tls_serves_the_given_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = params.self_signed(&key).unwrap();
-    let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let (c, k, cert_pem) = common::self_signed_files(dir.path());
     let agent = AgentProc::start(
         dir.path(),
         &[
@@ -293,7 +285,7 @@ fn static_tls_serves_the_given_certificate() {
             TOKEN,
         ],
     );
-    let root = https_get(&cert.pem(), agent.port, "/");
+    let root = https_get(&cert_pem, agent.port, "/");
     assert!(
         root.contains(&format!("https://127.0.0.1:{}/v1", agent.port)),
         "{root}"

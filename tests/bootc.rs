@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 
 use common::AgentProc;
@@ -15,12 +13,7 @@ use serde_json::{json, Value};
 const T: &str = "bootc-token-0123456789abcdef0123456789";
 
 fn post(port: u16, body: &Value) -> Value {
-    let body = body.to_string();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "POST /v1/commands/?wait=true&agent_token={T} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap()
+    common::post_command(port, T, body)
 }
 
 fn start(dir: &Path, env: &[(&str, &str)]) -> (AgentProc, std::path::PathBuf, std::path::PathBuf) {

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -17,12 +15,7 @@ const MIB: u64 = 1 << 20;
 const T: &str = "partition-token-0123456789abcdef01234567";
 
 fn post(port: u16, body: &Value) -> Value {
-    let body = body.to_string();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "POST /v1/commands/?wait=true&agent_token={T} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap()
+    common::post_command(port, T, body)
 }
 
 fn sh(cmd: &str, args: &[&str]) -> String {

@@ -120,7 +120,12 @@ pub(super) fn deploy(
         Format::Gpt => Format::Raw, // qemu-img has no "gpt" driver: a GPT disk is raw
         f => f,
     };
-    let size = convert::virtual_size(&path, format.name())?;
+    // qemu-img names VHD's driver "vpc".
+    let qemu_format = match format {
+        Format::Vhd => "vpc",
+        f => f.name(),
+    };
+    let size = convert::virtual_size(&path, qemu_format)?;
     if let Some(cap) = target.capacity().filter(|&c| size > c) {
         return Err(AgentError::out_of_space(
             &info.id,
@@ -137,8 +142,7 @@ pub(super) fn deploy(
         }
         Err(e)
     };
-    if let Err(e) =
-        convert::qemu_img_convert(&path, format.name(), target.path(), target.is_block())
+    if let Err(e) = convert::qemu_img_convert(&path, qemu_format, target.path(), target.is_block())
     {
         return fail(e);
     }

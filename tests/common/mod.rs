@@ -476,3 +476,34 @@ pub fn ironic_python(test: &str) -> Option<String> {
         }
     }
 }
+
+/// `POST /v1/commands/?wait=true` with `token`; the JSON answer.
+pub fn post_command(port: u16, token: &str, body: &serde_json::Value) -> serde_json::Value {
+    use std::io::Read;
+    let body = body.to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /v1/commands/?wait=true&agent_token={token} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+/// A self-signed certificate for localhost/127.0.0.1, written as c.pem and k.pem in `dir`;
+/// returns (certificate path, key path, certificate PEM).
+pub fn self_signed_files(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k, cert.pem())
+}
