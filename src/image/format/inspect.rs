@@ -329,11 +329,13 @@ fn be_u16(h: &[u8], at: usize) -> Option<u16> {
     bytes::<2>(h, at).map(u16::from_be_bytes)
 }
 
-fn be_u32(h: &[u8], at: usize) -> Option<u32> {
+/// A big-endian u32 at `at`, `None` past the end (shared with the qcow2 streamer).
+pub(super) fn be_u32(h: &[u8], at: usize) -> Option<u32> {
     bytes::<4>(h, at).map(u32::from_be_bytes)
 }
 
-fn be_u64(h: &[u8], at: usize) -> Option<u64> {
+/// A big-endian u64 at `at`, `None` past the end (shared with the qcow2 streamer).
+pub(super) fn be_u64(h: &[u8], at: usize) -> Option<u64> {
     bytes::<8>(h, at).map(u64::from_be_bytes)
 }
 

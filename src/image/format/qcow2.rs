@@ -70,13 +70,7 @@ pub struct Header {
     pub zstd: bool,
 }
 
-fn be32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn be64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
+use super::inspect::{be_u32 as be32, be_u64 as be64};
 
 /// Bytes of the file needed to parse the header (it and its extensions live in cluster 0;
 /// the smallest cluster is 512 bytes, and extensions are bounded by the cluster).

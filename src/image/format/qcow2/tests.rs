@@ -117,3 +117,45 @@ fn mutated_images_never_panic() {
         }
     }
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Arbitrary headers (after the magic) and arbitrary table bytes: the header parser
+        /// and the streamer never panic, never write past the virtual size, and keep their
+        /// memory bounded (the spill budget is 4 KiB here).
+        #[test]
+        fn headers_and_tables_never_panic(
+            header in proptest::collection::vec(any::<u8>(), 0..200),
+            body in proptest::collection::vec(any::<u8>(), 0..4096),
+            chunk in 1usize..600,
+        ) {
+            let mut f = b"QFI\xfb".to_vec();
+            f.extend_from_slice(&header);
+            f.extend_from_slice(&body);
+            if let Ok(out) = run(&f, chunk, 4096) {
+                let vs = u64::from_be_bytes(f[24..32].try_into().unwrap_or([0; 8]));
+                prop_assert!(out.len() as u64 <= vs);
+            }
+        }
+
+        /// A valid image with arbitrary L1/L2 entries (positions 512..2048 of the tiny image).
+        #[test]
+        fn tables_of_a_valid_image_never_panic(
+            patch in proptest::collection::vec((512usize..2048, any::<u8>()), 1..32),
+            chunk in 1usize..2048,
+        ) {
+            let (mut f, _) = tiny();
+            for (at, b) in patch {
+                f[at] = b;
+            }
+            if let Ok(out) = run(&f, chunk, 4096) {
+                prop_assert!(out.len() <= 64 * 1024);
+            }
+        }
+    }
+}
