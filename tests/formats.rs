@@ -543,3 +543,29 @@ fn inflating_bomb(dir: &Path, raw: &Path) -> Vec<u8> {
     d[off..off + bomb.len()].copy_from_slice(&bomb);
     d
 }
+
+#[test]
+fn a_qcow2_larger_than_the_device_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("big.qcow2");
+    // 64 MiB virtual, almost nothing allocated: the file is tiny, the disk it needs is not.
+    qemu_img(&["create", "-f", "qcow2", q.to_str().unwrap(), "64M"]);
+    let s = Server::start();
+    let t = dir.path().join("small.disk");
+    std::fs::write(&t, vec![0x66u8; 32 * MIB]).unwrap();
+    let e = deploy_file(&s, &q, &t, policy()).0.unwrap_err();
+    assert_eq!(e.type_name(), "ImageDownloadOutofSpaceError");
+    assert!(
+        e.details().contains(&format!(
+            "the image is {} bytes but the device holds only {} bytes",
+            64 * MIB,
+            32 * MIB
+        )),
+        "{}",
+        e.details()
+    );
+    assert!(
+        std::fs::read(&t).unwrap().iter().all(|&b| b == 0x66),
+        "nothing may be written"
+    );
+}
