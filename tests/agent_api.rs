@@ -439,3 +439,66 @@ fn raw_images_without_stream_raw_images_take_the_cache_path_once() {
     let on_disk = std::fs::read(&disk).unwrap();
     assert!(on_disk[(1 << 20)..(7 << 20)] == image[(1 << 20)..(7 << 20)]);
 }
+
+#[test]
+fn prepare_image_streams_a_qcow2_through_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    let image = gpt_image(dir.path(), 16 << 20, 53);
+    std::fs::write(&raw, &image).unwrap();
+    let q = dir.path().join("disk.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2", "-c"])
+        .arg(&raw)
+        .arg(&q)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let qdata = Arc::new(std::fs::read(&q).unwrap());
+    let s = Server::start();
+    let url = s.route(
+        "/disk.qcow2",
+        Route::Bytes {
+            data: qdata.clone(),
+            ranges: true,
+        },
+    );
+    let disk = dir.path().join("target.img");
+    std::fs::write(&disk, vec![0xA5u8; 32 << 20]).unwrap();
+    let a = AgentProc::start(
+        dir.path(),
+        &["--agent-token", T, "--root-device", disk.to_str().unwrap()],
+    );
+    let body = json!({"name": "standby.prepare_image", "params": {"image_info":
+        {"id": "q", "urls": [url], "disk_format": "qcow2", "stream_raw_images": true,
+         "os_hash_algo": "sha256", "os_hash_value": sha256(&qdata)}}});
+    let (_, v) = post(&a, "&wait=true", &body.to_string());
+    assert_eq!(v["command_status"], "SUCCEEDED", "{v}\n{}", a.log_text());
+    assert!(a
+        .log_text()
+        .contains("converting qcow2 to raw while it streams"));
+    let on_disk = std::fs::read(&disk).unwrap();
+    // All but the GPT headers, which moved with the backup header.
+    assert!(
+        on_disk[1024..(15 << 20)] == image[1024..(15 << 20)],
+        "the disk is not the image"
+    );
+    assert!(
+        on_disk[(16 << 20)..(31 << 20)].iter().all(|&b| b == 0xA5),
+        "wrote past the image"
+    );
+    // A qcow2 declared raw is refused (IPA would write the qcow2 bytes as they are).
+    let body = json!({"name": "standby.prepare_image", "params": {"image_info":
+        {"id": "q2", "urls": [s.url("/disk.qcow2")], "disk_format": "raw", "stream_raw_images": true,
+         "os_hash_algo": "sha256", "os_hash_value": sha256(&qdata)}}});
+    let (_, v) = post(&a, "&wait=true", &body.to_string());
+    assert_eq!(v["command_error"]["type"], "InvalidImage");
+    assert_eq!(
+        v["command_error"]["details"],
+        "Security: Expected format was raw, but image was actually qcow2"
+    );
+}
