@@ -223,7 +223,7 @@ impl Decoder {
         }
         let path = match std::mem::replace(&mut self.stage, Stage::Raw) {
             Stage::Qcow2(q) => {
-                let holes = q.finish().map_err(qcow2_error)?;
+                let holes = q.finish(&mut self.w).map_err(qcow2_error)?;
                 for (s, e) in holes {
                     self.w.zero_range(s, e)?;
                 }

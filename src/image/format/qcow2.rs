@@ -91,6 +91,9 @@ pub struct Qcow2Stream {
     written: BTreeMap<u64, u64>,
     /// The longest object known: how far back a byte may belong to one still gathering.
     max_obj_len: u64,
+    /// Compressed clusters waiting to be inflated, and their weight in memory.
+    pending: Vec<(u64, Vec<u8>)>,
+    pending_bytes: usize,
 }
 
 impl Qcow2Stream {
@@ -136,6 +139,8 @@ impl Qcow2Stream {
             l1_done: false,
             written: BTreeMap::new(),
             max_obj_len: 0,
+            pending: Vec::new(),
+            pending_bytes: 0,
         };
         s.add_obj(s.hdr.l1_offset, l1_end, Obj::L1)?;
         if s.hdr.refcount_offset > 0 {
@@ -288,7 +293,7 @@ impl Qcow2Stream {
                         Obj::L1 => self.parse_l1(&buf, sink)?,
                         Obj::RefTable => self.parse_refcount_table(&buf),
                         Obj::L2 { guest } => self.parse_l2(guest, &buf, sink)?,
-                        Obj::Compressed { guest, .. } => self.inflate(guest, &buf, sink)?,
+                        Obj::Compressed { guest, .. } => self.inflate(guest, buf, sink)?,
                         _ => {}
                     }
                 }
@@ -443,54 +448,58 @@ impl Qcow2Stream {
         }
     }
 
+    /// Queues a compressed cluster; batches are inflated on two threads, since inflating
+    /// is the slowest stage of a compressed image (one zlib stream per cluster).
     fn inflate(
         &mut self,
         guest: u64,
-        buf: &[u8],
+        buf: Vec<u8>,
         sink: &mut dyn GuestSink,
     ) -> Result<(), Qcow2Error> {
-        let c = self.hdr.cluster() as usize;
-        let mut out = vec![0u8; c];
-        let n = if self.hdr.zstd {
-            let mut d = zstd::bulk::Decompressor::new().map_err(Qcow2Error::Io)?;
-            // The stored length is rounded up to sectors: trailing bytes after the frame are
-            // ignored by decoding a single frame.
-            let frame = zstd::zstd_safe::find_frame_compressed_size(buf)
-                .map_err(|_| unsafe_("qcow2 zstd cluster is corrupt"))?;
-            d.decompress_to_buffer(&buf[..frame.min(buf.len())], &mut out)
-                .map_err(|_| {
-                    unsafe_("qcow2 compressed cluster inflates beyond a cluster or is corrupt")
-                })?
-        } else {
-            // One byte of room past the cluster: if the stream fills it, it inflates beyond a
-            // cluster (a decompression bomb), whatever the decoder says about its state.
-            let mut big = vec![0u8; c + 1];
-            let mut d = flate2::Decompress::new(false);
-            let st = d.decompress(buf, &mut big, flate2::FlushDecompress::Finish);
-            let n = d.total_out() as usize;
-            if n > c {
-                return Err(unsafe_(
-                    "qcow2 compressed cluster inflates beyond a cluster",
-                ));
-            }
-            match st {
-                Ok(flate2::Status::StreamEnd) => {}
-                Ok(_) if n == c => {} // a full cluster; the padding after the stream is ignored
-                _ => return Err(unsafe_("qcow2 compressed cluster is corrupt")),
-            }
-            out[..n].copy_from_slice(&big[..n]);
-            n
-        };
-        let vs = self.hdr.virtual_size;
-        let n = n.min((vs - guest) as usize);
-        sink.write_at(guest, &out[..n])?;
-        self.mark(guest, guest + n as u64);
+        self.pending_bytes += buf.len() + self.hdr.cluster() as usize;
+        self.pending.push((guest, buf));
+        if self.pending.len() >= 64 || self.pending_bytes >= 8 << 20 {
+            self.flush_pending(sink)?;
+        }
         Ok(())
     }
 
-    /// Ends the stream: every mapped cluster must have arrived. Returns the guest ranges that
-    /// nothing was written to (to be zeroed), in order.
-    pub fn finish(self) -> Result<Vec<(u64, u64)>, Qcow2Error> {
+    /// Inflates the queued clusters (half on a helper thread) and writes them.
+    fn flush_pending(&mut self, sink: &mut dyn GuestSink) -> Result<(), Qcow2Error> {
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (c, zstd) = (self.hdr.cluster() as usize, self.hdr.zstd);
+        let (first, second) = batch.split_at(batch.len() / 2);
+        let inflate_all = |part: &[(u64, Vec<u8>)]| -> Vec<Result<Vec<u8>, Qcow2Error>> {
+            part.iter().map(|(_, b)| inflate_one(zstd, c, b)).collect()
+        };
+        let (a, b) = std::thread::scope(|scope| {
+            let helper = scope.spawn(|| inflate_all(first));
+            let b = inflate_all(second);
+            (helper.join(), b)
+        });
+        let a = a.map_err(|_| unsafe_("qcow2 inflate thread panicked"))?;
+        let vs = self.hdr.virtual_size;
+        for ((guest, _), out) in batch.iter().zip(a.into_iter().chain(b)) {
+            let out = out?;
+            let n = out.len().min((vs - guest) as usize);
+            sink.write_at(*guest, &out[..n])?;
+            self.mark(*guest, guest + n as u64);
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: writes what is still queued, then checks that every mapped cluster
+    /// arrived. Returns the guest ranges that nothing was written to (to be zeroed), in order.
+    pub fn finish(mut self, sink: &mut dyn GuestSink) -> Result<Vec<(u64, u64)>, Qcow2Error> {
+        self.flush_pending(sink)?;
+        self.finish_tables()
+    }
+
+    fn finish_tables(self) -> Result<Vec<(u64, u64)>, Qcow2Error> {
         if !self.l1_done {
             return Err(Qcow2Error::Truncated("the L1 table never arrived".into()));
         }
@@ -517,3 +526,40 @@ impl Qcow2Stream {
 
 #[cfg(test)]
 mod tests;
+
+/// Inflates one compressed cluster (zlib as raw deflate, or zstd) into at most one cluster.
+fn inflate_one(zstd: bool, c: usize, buf: &[u8]) -> Result<Vec<u8>, Qcow2Error> {
+    if zstd {
+        let mut out = vec![0u8; c];
+        let mut d = zstd::bulk::Decompressor::new().map_err(Qcow2Error::Io)?;
+        // The stored length is rounded up to sectors: trailing bytes after the frame are
+        // ignored by decoding a single frame.
+        let frame = zstd::zstd_safe::find_frame_compressed_size(buf)
+            .map_err(|_| unsafe_("qcow2 zstd cluster is corrupt"))?;
+        let n = d
+            .decompress_to_buffer(&buf[..frame.min(buf.len())], &mut out)
+            .map_err(|_| {
+                unsafe_("qcow2 compressed cluster inflates beyond a cluster or is corrupt")
+            })?;
+        out.truncate(n);
+        return Ok(out);
+    }
+    // One byte of room past the cluster: if the stream fills it, it inflates beyond a cluster
+    // (a decompression bomb), whatever the decoder says about its state.
+    let mut out = vec![0u8; c + 1];
+    let mut d = flate2::Decompress::new(false);
+    let st = d.decompress(buf, &mut out, flate2::FlushDecompress::Finish);
+    let n = d.total_out() as usize;
+    if n > c {
+        return Err(unsafe_(
+            "qcow2 compressed cluster inflates beyond a cluster",
+        ));
+    }
+    match st {
+        Ok(flate2::Status::StreamEnd) => {}
+        Ok(_) if n == c => {} // a full cluster; the padding after the stream is ignored
+        _ => return Err(unsafe_("qcow2 compressed cluster is corrupt")),
+    }
+    out.truncate(n);
+    Ok(out)
+}

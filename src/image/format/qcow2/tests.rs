@@ -67,7 +67,7 @@ fn run(file: &[u8], chunk: usize, budget: usize) -> Result<Vec<u8>, Qcow2Error> 
     for c in file.chunks(chunk.max(1)) {
         q.feed(c, &mut m)?;
     }
-    let holes = q.finish()?;
+    let holes = q.finish(&mut m)?;
     for (s, e) in holes {
         m.write_at(s, &vec![0u8; (e - s) as usize])?;
     }
