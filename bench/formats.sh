@@ -10,47 +10,20 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$SCRIPT_DIR/lib.sh"
+LOG_TAG=formats
 
-SIZE_MIB=${SIZE_MIB:-2048}
-RUNS=${RUNS:-3}
-BENCH_DIR=${BENCH_DIR:-/var/tmp/rivet-bench}
-SHM_DIR=${SHM_DIR:-/dev/shm}
-RIVET_DEFAULT="$REPO_DIR/target/release/rivet"
-RIVET=${RIVET:-$RIVET_DEFAULT}
-SKIP_RIVET=${SKIP_RIVET:-0}
 SKIP_RIVET_TEMPFILE=${SKIP_RIVET_TEMPFILE:-0}
-SKIP_IPA=${SKIP_IPA:-0}
 SKIP_IPA_RAW=${SKIP_IPA_RAW:-0}
-WRITE_RESULTS=${WRITE_RESULTS:-0}
-IPA_VERSION=13.0.0
-LOOP_DIRECT_IO=${LOOP_DIRECT_IO:-1}   # disk target: loop device with direct I/O
-PYTHON=${PYTHON:-python3}
 COMPRESSIBLE=${COMPRESSIBLE:-0.25}    # share of the payload that is text
 DU_INTERVAL=${DU_INTERVAL:-0.2}       # tmp-dir sampling period, seconds
 read -r -a TARGETS <<<"${TARGETS:-disk}"
 FORMATS=(raw qcow2 qcow2c)
 HEADING="## Image formats"
 
-usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
-    exit "${1:-0}"
-}
-
-for arg in "$@"; do
-    case "$arg" in
-        --write-results) WRITE_RESULTS=1 ;;
-        -h|--help) usage 0 ;;
-        *) echo "unknown argument: $arg" >&2; usage 2 ;;
-    esac
-done
-
-log() { printf '[formats] %s\n' "$*" >&2; }
-die() { printf '[formats] ERROR: %s\n' "$*" >&2; exit 1; }
-
-[[ $EUID -eq 0 ]] || die "must run as root (loop devices, nginx, block writes)"
-[[ $SIZE_MIB =~ ^[0-9]+$ && $SIZE_MIB -ge 8 ]] || die "SIZE_MIB must be an integer >= 8"
-[[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 ]] || die "RUNS must be an integer >= 1"
+parse_args "$@"
+check_common
 [[ $DU_INTERVAL =~ ^[0-9]*\.?[0-9]+$ ]] || die "DU_INTERVAL must be a number of seconds"
 ((${#TARGETS[@]})) || die "TARGETS is empty (use disk, shm or \"disk shm\")"
 for t in "${TARGETS[@]}"; do
@@ -58,95 +31,35 @@ for t in "${TARGETS[@]}"; do
 done
 [[ $SKIP_RIVET == 1 && $SKIP_IPA == 1 ]] && die "SKIP_RIVET=1 and SKIP_IPA=1: nothing to measure"
 
-SIZE_BYTES=$((SIZE_MIB * 1024 * 1024))
-TARGET_BYTES=$((SIZE_BYTES / 4 * 5))   # 2 GiB image -> 2.5 GiB device
-
-# The images are on loopback: never go through a proxy.
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-export no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost
-
 # ------------------------------------------------------------------ tools
-need_pkgs=()
-need() {  # need COMMAND PACKAGE
-    command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2")
-}
-need sgdisk gdisk
-need nginx nginx-light
-[[ -x /usr/bin/time ]] || need_pkgs+=(time)
-need curl curl
+need_common_tools
 need qemu-img qemu-utils  # makes the qcow2 images; IPA and rivet --temp-file run it
-need parted parted        # IPA runs parted/partprobe after writing
-need partprobe parted
-need hexdump bsdextrautils  # IPA's get_disk_identifier
-need losetup mount
 need wipefs util-linux    # IPA's destroy_disk_metadata (qcow2 path)
 need fuser psmisc         # ... which first waits until no process holds the disk
-need blkdiscard util-linux
-need blockdev util-linux
-need lsblk util-linux
 need sha256sum coreutils
-need "$PYTHON" python3
-if [[ $SKIP_IPA != 1 ]] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    need_pkgs+=(python3-venv)
-fi
-if ((${#need_pkgs[@]})); then
-    mapfile -t need_pkgs < <(printf '%s\n' "${need_pkgs[@]}" | sort -u)
-    log "installing missing packages: ${need_pkgs[*]}"
-    command -v apt-get >/dev/null || die "apt-get not found; install ${need_pkgs[*]} by hand"
-    apt-get update -qq || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null \
-        || die "apt-get install ${need_pkgs[*]} failed"
-fi
-NGINX=$(command -v nginx)
+install_tools
 
 # ------------------------------------------------------------ workspace
-mkdir -p "$BENCH_DIR"
-chmod 0755 "$BENCH_DIR"
 TMPD="$BENCH_DIR/tmp"   # temp dir of rivet --temp-file and of IPA (TMPDIR)
-mkdir -p "$TMPD"
-TMP=$(mktemp -d /tmp/rivet-formats.XXXXXX)
-NGINX_PID=
 SAMPLER_PID=
-declare -A T_FILE T_DEV T_DESC
-
-cleanup() {
-    local rc=$?
-    set +e
-    if [[ -n $SAMPLER_PID ]]; then
-        kill "$SAMPLER_PID" 2>/dev/null
-        wait "$SAMPLER_PID" 2>/dev/null
-    fi
-    if [[ -n $NGINX_PID ]]; then
-        kill "$NGINX_PID" 2>/dev/null
-        wait "$NGINX_PID" 2>/dev/null
-    fi
-    local t
-    for t in "${!T_DEV[@]}"; do
-        [[ -n ${T_DEV[$t]} ]] && losetup -d "${T_DEV[$t]}" 2>/dev/null
-    done
-    for t in "${!T_FILE[@]}"; do
-        rm -f "${T_FILE[$t]}"
-    done
-    clean_tmpdir
-    rm -rf "$TMP"
-    exit "$rc"
-}
 # Empty the shared temp dir (IPA never deletes its downloaded image).
 clean_tmpdir() {
     [[ -n $TMPD && -d $TMPD ]] && find "$TMPD" -mindepth 1 -delete 2>/dev/null
     return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup_hook() {  # run first by lib.sh's cleanup
+    stop_pid "$SAMPLER_PID"
+    clean_tmpdir
+}
+wipe_hook() { clean_tmpdir; }  # run by wipe_target
+make_workspace rivet-formats
+mkdir -p "$TMPD"
 
-free_kib() { df -Pk "$1" | awk 'NR==2 {print $4}'; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
-pct() { awk -v z="$1" 'BEGIN { printf "%.0f", z * 100 }'; }
 
-IMG_RAW="$BENCH_DIR/fmt-${SIZE_MIB}M.raw"
-SUMS="$IMG_RAW.sums.json"
-declare -A IMG=([raw]="$IMG_RAW" [qcow2]="$BENCH_DIR/fmt-${SIZE_MIB}M.qcow2"
+IMAGE="$BENCH_DIR/fmt-${SIZE_MIB}M.raw"
+SUMS="$IMAGE.sums.json"
+declare -A IMG=([raw]="$IMAGE" [qcow2]="$BENCH_DIR/fmt-${SIZE_MIB}M.qcow2"
                 [qcow2c]="$BENCH_DIR/fmt-${SIZE_MIB}M.c.qcow2")
 declare -A FMT_DESC=([raw]=raw [qcow2]="qcow2 (qemu-img convert -O qcow2)"
                      [qcow2c]="compressed qcow2 (qemu-img convert -O qcow2 -c)")
@@ -164,55 +77,31 @@ if [[ " ${TARGETS[*]} " == *" shm "* ]]; then
         || die "not enough space in $SHM_DIR (need $((TARGET_BYTES / 1048576)) MiB)"
 fi
 
-# ---------------------------------------------------------------- rivet
-if [[ $SKIP_RIVET != 1 ]]; then
-    if [[ ! -x $RIVET ]]; then
-        [[ $RIVET == "$RIVET_DEFAULT" ]] || die "RIVET=$RIVET is not an executable"
-        command -v cargo >/dev/null || die "$RIVET missing and cargo not found"
-        log "building rivet: cargo build --release"
-        (cd "$REPO_DIR" && cargo build --release) || die "cargo build --release failed"
-        [[ -x $RIVET ]] || die "cargo build did not produce $RIVET"
-    fi
-fi
-
-# ------------------------------------------------------------------ IPA
-VENV="$BENCH_DIR/ipa-venv"
-if [[ $SKIP_IPA != 1 ]]; then
-    have=$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("ironic-python-agent"))' 2>/dev/null || true)
-    if [[ $have != "$IPA_VERSION" ]]; then
-        log "installing ironic-python-agent==$IPA_VERSION into $VENV (one-time)"
-        rm -rf "$VENV"
-        "$PYTHON" -m venv "$VENV" || die "python3 -m venv $VENV failed"
-        "$VENV/bin/pip" install -q --disable-pip-version-check \
-            "ironic-python-agent==$IPA_VERSION" || die "pip install ironic-python-agent==$IPA_VERSION failed"
-    fi
-    "$VENV/bin/python" -c 'from ironic_python_agent import config; from ironic_python_agent.extensions import standby' \
-        || die "ironic-python-agent does not import in $VENV"
-fi
+# ---------------------------------------------------------- rivet, IPA
+ensure_rivet
+ensure_ipa_venv
 
 # --------------------------------------------------------------- images
 # The raw image: bench/run.sh's generator (GPT, ~30 % zero regions), with
 # COMPRESSIBLE of the payload as text instead of random data, so that
 # qcow2 -c has something to compress.  Kept and reused, like the qcow2 files.
-if ! "$PYTHON" "$SCRIPT_DIR/benchlib.py" image-ok "$IMG_RAW" "$SIZE_MIB" "$COMPRESSIBLE"; then
-    log "generating $SIZE_MIB MiB GPT image $IMG_RAW"
-    rm -f "$IMG_RAW" "$SUMS" "${IMG[qcow2]}" "${IMG[qcow2c]}"
-    "$PYTHON" "$SCRIPT_DIR/benchlib.py" genimage "$IMG_RAW" "$SIZE_MIB" "$COMPRESSIBLE"
+if ! "$PYTHON" "$SCRIPT_DIR/benchlib.py" image-ok "$IMAGE" "$SIZE_MIB" "$COMPRESSIBLE"; then
+    log "generating $SIZE_MIB MiB GPT image $IMAGE"
+    rm -f "$IMAGE" "$SUMS" "${IMG[qcow2]}" "${IMG[qcow2c]}"
+    "$PYTHON" "$SCRIPT_DIR/benchlib.py" genimage "$IMAGE" "$SIZE_MIB" "$COMPRESSIBLE"
 else
-    log "reusing image $IMG_RAW"
+    log "reusing image $IMAGE"
 fi
-sum_of() { "$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$SUMS" "$1"; }
-
 make_qcow2() {  # make_qcow2 FORMAT [qemu-img convert options]
     local f=$1 out=${IMG[$1]}
     shift
-    if [[ -f $out && $out -nt $IMG_RAW && -f $out.sha256 && ! $out -nt $out.sha256 ]]; then
+    if [[ -f $out && $out -nt $IMAGE && -f $out.sha256 && ! $out -nt $out.sha256 ]]; then
         log "reusing $out"
         return
     fi
     log "making $out: qemu-img convert -f raw -O qcow2 $*"
     rm -f "$out" "$out.sha256"
-    qemu-img convert -f raw -O qcow2 "$@" "$IMG_RAW" "$out.tmp" || die "qemu-img convert failed"
+    qemu-img convert -f raw -O qcow2 "$@" "$IMAGE" "$out.tmp" || die "qemu-img convert failed"
     local vs
     vs=$(qemu-img info -f qcow2 --output=json "$out.tmp" \
         | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
@@ -235,88 +124,18 @@ TEXT_FRACTION=$(sum_of compressible_fraction)
 cat "${IMG[@]}" >/dev/null
 
 # ---------------------------------------------------------------- nginx
-mkdir -p "$TMP/nginx"
-PORT=$("$PYTHON" "$SCRIPT_DIR/benchlib.py" freeport)
-cat >"$TMP/nginx/nginx.conf" <<EOF
-# private nginx for bench/formats.sh; workers run as root so that they can
-# read the images wherever BENCH_DIR is
-user root;
-worker_processes auto;
-error_log $TMP/nginx/error.log warn;
-pid $TMP/nginx/nginx.pid;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    types { }
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    server {
-        listen 127.0.0.1:$PORT;
-        root $BENCH_DIR;
-        location / { }
-    }
-}
-EOF
-"$NGINX" -t -q -e "$TMP/nginx/error.log" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" \
-    || die "nginx config test failed: $(cat "$TMP/nginx/error.log")"
-"$NGINX" -e "$TMP/nginx/error.log" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' &
-NGINX_PID=$!
-for f in "${FORMATS[@]}"; do URL[$f]="http://127.0.0.1:$PORT/$(basename "${IMG[$f]}")"; done
-for _ in $(seq 50); do
-    curl -sf -o /dev/null -I "${URL[raw]}" && break
-    kill -0 "$NGINX_PID" 2>/dev/null || die "nginx exited: $(cat "$TMP/nginx/error.log")"
-    sleep 0.1
-done
+start_nginx "$(basename "${IMG[raw]}")"
+for f in "${FORMATS[@]}"; do URL[$f]="$NGINX_URL/$(basename "${IMG[$f]}")"; done
 for f in "${FORMATS[@]}"; do
-    len=$(curl -sfI "${URL[$f]}" | tr -d '\r' | awk 'tolower($1)=="content-length:" {print $2}')
+    len=$(content_length "${URL[$f]}")
     [[ $len == "${DL[$f]}" ]] || die "nginx at ${URL[$f]} does not serve ${IMG[$f]} (Content-Length '$len')"
 done
-log "nginx $NGINX_PID serving http://127.0.0.1:$PORT/"
+log "nginx $NGINX_PID serving $NGINX_URL/"
 
 # -------------------------------------------------------------- targets
 T_FILE[disk]="$BENCH_DIR/fmt-disk.img"
 T_FILE[shm]="$SHM_DIR/rivet-bench-fmt-target.img"
-dio_args=()
-[[ $LOOP_DIRECT_IO == 1 ]] && dio_args=(--direct-io=on)
-for t in "${TARGETS[@]}"; do
-    rm -f "${T_FILE[$t]}"
-    truncate -s "$TARGET_BYTES" "${T_FILE[$t]}"
-    if [[ $t == disk ]]; then
-        T_DEV[disk]=$(losetup -f --show "${dio_args[@]}" "${T_FILE[disk]}" 2>/dev/null || true)
-        if [[ -z ${T_DEV[disk]} && ${#dio_args[@]} -gt 0 ]]; then
-            log "losetup --direct-io=on failed on $BENCH_DIR; using a buffered loop device"
-            T_DEV[disk]=$(losetup -f --show "${T_FILE[disk]}")
-        fi
-        [[ -n ${T_DEV[disk]} ]] || die "losetup failed for ${T_FILE[disk]}"
-        disk_dio=$(losetup -n -O DIO "${T_DEV[disk]}" | tr -d ' ')
-        T_DESC[disk]="loop over file on $(findmnt -n -o FSTYPE -T "$BENCH_DIR") ($BENCH_DIR), direct-io=$([[ $disk_dio == 1 ]] && echo on || echo off)"
-    else
-        T_DEV[shm]=$(losetup -f --show "${T_FILE[shm]}") || die "losetup failed for ${T_FILE[shm]}"
-        T_DESC[shm]="loop over file on tmpfs ($SHM_DIR, RAM)"
-    fi
-    log "target $t: ${T_DEV[$t]} = ${T_DESC[$t]}"
-done
-
-# Before every write: discard the device (so a write that does nothing cannot
-# pass the check with the previous run's data; also drops the loop device's
-# page cache), then re-allocate the backing file; empty the temp dir.  Not
-# timed.
-wipe_target() {
-    local t=$1
-    if ! blkdiscard -f "${T_DEV[$t]}" 2>/dev/null && ! blkdiscard "${T_DEV[$t]}" 2>/dev/null; then
-        dd if=/dev/zero of="${T_DEV[$t]}" bs=4M count=$(( (SIZE_BYTES + 4194303) / 4194304 )) \
-            oflag=direct status=none
-    fi
-    fallocate -l "$TARGET_BYTES" "${T_FILE[$t]}" 2>/dev/null || true
-    clean_tmpdir
-    sync
-}
+setup_targets "${TARGETS[@]}"
 
 # Two tools of IPA's qcow2 path behave differently on this kind of machine
 # than in an IPA ramdisk; IPA then gets wrappers first in its PATH ($TMP/shim):
@@ -359,9 +178,6 @@ fi
 ((${#SHIMS[@]})) && IPA_ENV=(PATH="$TMP/shim:$PATH")
 
 # ------------------------------------------------------------ measuring
-RESULTS="$TMP/results.tsv"
-: >"$RESULTS"
-FAILED=0
 declare -A IPA_SELF_KIB   # IPA's python process alone (VmHWM), max per format
 
 tmp_usage() { du -sb "$TMPD" 2>/dev/null | cut -f1; }
@@ -409,16 +225,6 @@ record() {  # record RUN TARGET FMT KIND SECS RSS PEAK LEFT STATUS DL
     [[ $6 != - ]] && rss=$(( $6 / 1024 ))
     log "$(printf 'run %s/%s %-4s %-6s %-10s %8s s %6s MB/s %6s MiB RSS  tmp peak %5s MiB  %s' \
         "$1" "$RUNS" "$2" "$3" "$4" "$5" "$mbps" "$rss" "$pk" "$9")"
-}
-
-fail_log() {
-    log "---- $1 failed (exit $M_RC); last lines of its output:"
-    tail -n 15 "$M_LOG.out" "$M_LOG.err" >&2 || true
-    FAILED=1
-}
-
-verify_target() {  # prints the check word; non-zero on mismatch
-    "$PYTHON" "$SCRIPT_DIR/benchlib.py" verify "$IMG_RAW" "$SUMS" "${T_FILE[$1]}" "${T_DEV[$1]}"
 }
 
 # IPA's own log line "... in N seconds" matching a sed pattern, or nothing
@@ -502,33 +308,28 @@ for run in $(seq "$RUNS"); do
 done
 
 # --------------------------------------------------------------- report
-sha_ni=no
-grep -qw sha_ni /proc/cpuinfo && sha_ni=yes
-model=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
-mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 rivet_desc=skipped
 if [[ $SKIP_RIVET != 1 ]]; then
-    rivet_desc="$RIVET ($(git -C "$REPO_DIR" describe --always --dirty 2>/dev/null || echo 'no git commit'), binary built $(date -u -r "$RIVET" '+%Y-%m-%d %H:%M UTC'))"
+    rivet_desc="$RIVET ($(git_desc), binary built $(date -u -r "$RIVET" '+%Y-%m-%d %H:%M UTC'))"
     [[ $SKIP_RIVET_TEMPFILE == 1 ]] && rivet_desc+="; --temp-file rows skipped"
 fi
 ipa_desc=skipped
-[[ $SKIP_IPA != 1 ]] && ipa_desc="ironic-python-agent $IPA_VERSION (PyPI, venv $VENV, python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), StandbyExtension.prepare_image; raw: disk_format raw + stream_raw_images; qcow2: disk_format qcow2)"
+[[ $SKIP_IPA != 1 ]] && ipa_desc="ironic-python-agent $IPA_VERSION (PyPI, venv $VENV, python $(venv_python_version), StandbyExtension.prepare_image; raw: disk_format raw + stream_raw_images; qcow2: disk_format qcow2)"
 tmp_fs=$(findmnt -n -o FSTYPE,SOURCE -T "$TMPD" | awk '{print $1 " on " $2}')
 ipa_self=""
 for f in "${FORMATS[@]}"; do
     [[ -n ${IPA_SELF_KIB[$f]:-} ]] && ipa_self+="${ipa_self:+, }${f/qcow2c/qcow2 -c} $(awk -v k="${IPA_SELF_KIB[$f]}" 'BEGIN { printf "%.1f", k / 1024 }') MiB"
 done
 
-REPORT="$TMP/report.md"
 {
     echo "$HEADING"
     echo
     echo "Written by \`bench/formats.sh\`."
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "- machine: $(nproc) CPUs, $model, SHA-NI: $sha_ni, RAM $mem, kernel $(uname -r)"
+    echo "- machine: $(machine_desc)"
     echo "- image: $SIZE_MIB MiB ($SIZE_BYTES bytes, the virtual size of every format) raw GPT disk image, $(pct "$ZERO_FRACTION") % zero regions, $(pct "$TEXT_FRACTION") % compressible text, the rest random; as ${FMT_DESC[qcow2]}: $(mib "${DL[qcow2]}") MiB; as ${FMT_DESC[qcow2c]}: $(mib "${DL[qcow2c]}") MiB; $(qemu-img --version | head -n 1 | cut -d' ' -f1-3)"
-    echo "- served by nginx $("$NGINX" -v 2>&1 | sed 's|.*/||') (sendfile on) at 127.0.0.1; checksum: sha256 of the file as served"
+    echo "- served by nginx $(nginx_version) (sendfile on) at 127.0.0.1; checksum: sha256 of the file as served"
     for t in "${TARGETS[@]}"; do
         echo "- target $t: ${T_DESC[$t]}, $((TARGET_BYTES / 1048576)) MiB, discarded before every write"
     done
@@ -541,11 +342,7 @@ REPORT="$TMP/report.md"
         echo "- on IPA's PATH: $sh"
     done
     echo
-    if [[ $FAILED != 0 ]]; then
-        echo "**WARNING: some commands failed or did not leave the image on the target;"
-        echo "see the \"written\" column (their speeds are left out).**"
-        echo
-    fi
+    failed_warning
     "$PYTHON" "$SCRIPT_DIR/benchlib.py" ftable "$RESULTS" "$SIZE_BYTES" "${TARGETS[@]}"
     echo
     echo "Notes: rivet's times are the wall-clock time of the whole process; IPA's is"
@@ -582,7 +379,4 @@ if [[ $WRITE_RESULTS == 1 ]]; then
     "$PYTHON" "$SCRIPT_DIR/benchlib.py" put-section "$SCRIPT_DIR/RESULTS.md" "$HEADING" "$REPORT"
     log "wrote the \"$HEADING\" section of $SCRIPT_DIR/RESULTS.md"
 fi
-if [[ $FAILED != 0 ]]; then
-    log "SOME MEASUREMENTS FAILED OR DID NOT WRITE THE IMAGE (see the 'written' column)"
-    exit 1
-fi
+exit_if_failed
