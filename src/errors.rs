@@ -197,6 +197,27 @@ impl AgentError {
         )
     }
 
+    /// `ImageWriteError` for a tool that failed on `device`, in IPA's words. `rc` is -1 when
+    /// the tool could not be started (then `stderr` says why).
+    pub fn image_write(device: &std::path::Path, rc: i32, stdout: &str, stderr: &str) -> Self {
+        AgentError::ImageWrite(format!(
+            "Writing image to device {} failed with exit code {rc}. stdout: {}. stderr: {}",
+            device.display(),
+            stdout.trim(),
+            stderr.trim()
+        ))
+    }
+
+    /// `ImageWriteError` from a finished process's output.
+    pub fn image_write_output(device: &std::path::Path, out: &std::process::Output) -> Self {
+        Self::image_write(
+            device,
+            out.status.code().unwrap_or(-1),
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
     /// Shorthand for a retryable `ImageDownloadError`.
     pub fn download(image_id: impl Into<String>, msg: impl fmt::Display) -> Self {
         AgentError::ImageDownload {

@@ -228,10 +228,7 @@ pub fn install(req: &BootcRequest) -> Result<(), AgentError> {
     let args = run_args(req, &reference, selinux, keys.as_ref().map(|f| f.path()));
     tracing::info!("running podman {}", args.join(" "));
     let out = Command::new("podman").args(&args).output().map_err(|e| {
-        AgentError::ImageWrite(format!(
-            "Writing image to device {} failed with exit code -1. stdout: . stderr: cannot run podman: {e}",
-            req.device.display()
-        ))
+        AgentError::image_write(&req.device, -1, "", &format!("cannot run podman: {e}"))
     })?;
     let (rc, stdout, stderr) = stringify(&out);
     if rc == 0 {
@@ -245,12 +242,7 @@ pub fn install(req: &BootcRequest) -> Result<(), AgentError> {
             "Container does not contain the required bootc binary and thus cannot be deployed.",
         ));
     }
-    Err(AgentError::ImageWrite(format!(
-        "Writing image to device {} failed with exit code {rc}. stdout: {}. stderr: {}",
-        req.device.display(),
-        stdout.trim(),
-        stderr.trim()
-    )))
+    Err(AgentError::image_write(&req.device, rc, &stdout, &stderr))
 }
 
 #[cfg(test)]

@@ -36,6 +36,17 @@ pub fn partition_label(disk: &File, part: &Part) -> Option<String> {
     }
 }
 
+/// Decodes a `configdrive` argument, downloading it when it is a URL (the TLS settings of
+/// `cfg`, no proxies or image auth, as IPA; a bounded body).
+pub fn materialise(
+    node: &str,
+    configdrive: &str,
+    cfg: &FetchConfig,
+) -> Result<Vec<u8>, AgentError> {
+    let limit = configdrive::MAX_CONFIG_DRIVE_SIZE as usize * 2;
+    configdrive::materialise(node, configdrive, &|url: &str| fetch_bytes(url, cfg, limit))
+}
+
 /// Writes `configdrive` (gzip+base64 text or an http(s) URL) onto `device` for `node`.
 /// `rebuild` forces the vfat copy (IPA's `config_drive_rebuild`).
 pub fn write_config_drive(
@@ -51,9 +62,7 @@ pub fn write_config_drive(
             "Failed to create config drive on disk {dev} for node {node}. Error: {e}"
         ))
     };
-    let limit = configdrive::MAX_CONFIG_DRIVE_SIZE as usize * 2;
-    let image =
-        configdrive::materialise(node, configdrive, &|url: &str| fetch_bytes(url, cfg, limit))?;
+    let image = materialise(node, configdrive, cfg)?;
     // O_EXCL: refuse a disk that is mounted or held, as for the image itself.
     let disk = OpenOptions::new()
         .read(true)

@@ -14,11 +14,10 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::pipeline::{self, DeployOptions};
-use crate::configdrive;
 use crate::disk::device::reread_partitions;
 use crate::disk::layout::guid_string;
 use crate::errors::AgentError;
-use crate::image::fetch::{fetch_bytes, FetchConfig, Progress};
+use crate::image::fetch::{FetchConfig, Progress};
 use crate::image::info::ImageInfo;
 
 const MIB: u64 = 1 << 20;
@@ -231,22 +230,14 @@ impl Drop for PartDev {
 }
 
 fn run(dev: &Path, cmd: &str, args: &[&str]) -> Result<(), AgentError> {
-    let out = Command::new(cmd).args(args).output().map_err(|e| {
-        AgentError::ImageWrite(format!(
-            "Writing image to device {} failed with exit code -1. stdout: . stderr: {cmd}: {e}",
-            dev.display()
-        ))
-    })?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| AgentError::image_write(dev, -1, "", &format!("{cmd}: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
-    Err(AgentError::ImageWrite(format!(
-        "Writing image to device {} failed with exit code {}. stdout: {}. stderr: {}",
-        dev.display(),
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
+    Err(AgentError::image_write_output(dev, &out))
 }
 
 fn blkid(dev: &Path, tag: &str) -> Option<String> {
@@ -371,10 +362,10 @@ pub fn deploy(
         }
     }
     let cd = match configdrive {
-        Some(c) if !c.is_empty() => Some(configdrive::materialise(
+        Some(c) if !c.is_empty() => Some(super::configdrive_write::materialise(
             info.node_label(),
             c,
-            &|u: &str| fetch_bytes(u, cfg, configdrive::MAX_CONFIG_DRIVE_SIZE as usize * 2),
+            cfg,
         )?),
         _ => None,
     };

@@ -46,22 +46,13 @@ pub fn qemu_img_convert(
             .env("LC_ALL", "C");
         tracing::info!(attempt, "running qemu-img {}", args.join(" "));
         let out = cmd.output().map_err(|e| {
-            AgentError::ImageWrite(format!(
-                "Writing image to device {} failed with exit code -1. stdout: . stderr: cannot run qemu-img: {e}",
-                dst.display()
-            ))
+            AgentError::image_write(dst, -1, "", &format!("cannot run qemu-img: {e}"))
         })?;
         if out.status.success() {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let err = AgentError::ImageWrite(format!(
-            "Writing image to device {} failed with exit code {}. stdout: {}. stderr: {}",
-            dst.display(),
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).trim(),
-            stderr.trim()
-        ));
+        let err = AgentError::image_write_output(dst, &out);
         let memory = stderr.contains("Resource temporarily unavailable")
             || stderr.contains("Cannot allocate memory");
         if !memory || attempt == ATTEMPTS {
