@@ -15,6 +15,49 @@ use std::time::Duration;
 /// backup) and boot code: wiped on failure, held back until the image is verified.
 pub const TABLE_AREA: u64 = 1 << 20;
 
+/// Opens a whole disk read-write with `O_EXCL`: the kernel refuses while the disk or one of
+/// its partitions is mounted or held. The one place rivet claims a disk.
+pub fn open_exclusive(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| annotate(e, path, "cannot open the device exclusively"))
+}
+
+/// Wipes the target's partition-table areas when dropped, unless [`WipeOnFailure::disarm`]
+/// was called: armed by the first write to the target (its `touched` flag), disarmed by the
+/// caller once the whole deploy finished. Every error exit, early returns and panics included,
+/// leaves a disk that cannot boot a half-written image; a refusal before the first write
+/// loses nothing.
+pub struct WipeOnFailure<'a> {
+    target: &'a Target,
+    finished: bool,
+}
+
+impl WipeOnFailure<'_> {
+    /// The deploy finished: keep what was written.
+    pub fn disarm(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for WipeOnFailure<'_> {
+    fn drop(&mut self) {
+        if self.finished || !self.target.touched() {
+            return;
+        }
+        tracing::warn!(
+            "wiping the partition tables of {}",
+            self.target.path().display()
+        );
+        if let Err(e) = self.target.wipe_tables() {
+            tracing::error!("could not wipe {}: {e}", self.target.path().display());
+        }
+    }
+}
+
 /// An opened install target.
 #[derive(Debug)]
 pub struct Target {
@@ -39,12 +82,7 @@ impl Target {
             .map(|m| m.file_type().is_block_device())
             .unwrap_or(false);
         if block {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
-                .open(path)
-                .map_err(|e| annotate(e, path, "cannot open the device exclusively"))?;
+            let mut file = open_exclusive(path)?;
             let capacity = file.seek(SeekFrom::End(0))?;
             let sector_size = rustix::fs::ioctl_blksszget(&file)
                 .map(u64::from)
@@ -130,6 +168,14 @@ impl Target {
     /// The `O_DIRECT` descriptor, when there is one.
     pub fn direct(&self) -> Option<&File> {
         self.direct.as_ref()
+    }
+
+    /// A guard that wipes the tables if the deploy does not finish (see [`WipeOnFailure`]).
+    pub fn wipe_on_failure(&self) -> WipeOnFailure<'_> {
+        WipeOnFailure {
+            target: self,
+            finished: false,
+        }
     }
 
     /// Records that the disk has been written to.
