@@ -1,5 +1,6 @@
 //! The install disk: opening it, writing to it, and its partition tables.
 
+pub mod blkpg;
 pub mod device;
 pub mod layout;
 pub mod root;
