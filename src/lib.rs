@@ -8,7 +8,8 @@
 //! - [`agent`]: IPA's REST API, the standby/deploy/log extensions, lookup and heartbeat;
 //! - [`config`]: settings from the kernel command line, a file, the environment and flags;
 //! - [`configdrive`]: the config drive: decoding, checking, rebuilding as vfat;
-//! - [`errors`]: IPA's error types, as the conductor sees them.
+//! - [`errors`]: IPA's error types, as the conductor sees them;
+//! - [`system`]: what `system.lockdown` does to the machine (network interfaces down).
 
 pub mod agent;
 pub mod config;
@@ -18,3 +19,4 @@ pub mod deploy;
 pub mod disk;
 pub mod errors;
 pub mod image;
+pub mod system;

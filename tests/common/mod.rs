@@ -507,3 +507,16 @@ pub fn self_signed_files(dir: &Path) -> (PathBuf, PathBuf, String) {
     std::fs::write(&k, key.serialize_pem()).unwrap();
     (c, k, cert.pem())
 }
+
+/// True when running as root, for tests that need it for something other than loop devices
+/// (`why`, e.g. network namespaces). Skips with a reason elsewhere; in CI not being root fails.
+pub fn root_available(test: &str, why: &str) -> bool {
+    if rustix_is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: CI must run as root for {why}");
+    }
+    eprintln!("SKIPPED {test}: needs root for {why}");
+    false
+}
