@@ -10,7 +10,8 @@
 //! - [`config`]: typed settings from the kernel command line, a file, the environment, flags;
 //! - [`cli`]: the `rivet` command line;
 //! - [`external`]: running the few external tools rivet needs;
-//! - [`errors`]: IPA's error types, as the conductor sees them.
+//! - [`errors`]: IPA's error types, as the conductor sees them;
+//! - [`system`]: what `system.lockdown` does to the machine (network interfaces down).
 #![warn(unreachable_pub)]
 
 pub mod agent;
@@ -23,3 +24,4 @@ pub mod disk;
 pub mod errors;
 pub mod external;
 pub mod image;
+pub mod system;

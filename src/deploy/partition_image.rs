@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::pipeline::{self, DeployOptions};
-use crate::disk::device::{open_exclusive, reread_partitions};
+use crate::disk::device::open_exclusive;
 use crate::disk::partitions::{self, create::NewPart, types::PartKind};
 use crate::errors::AgentError;
 use crate::external::{self, ToolFailure};
@@ -337,7 +337,7 @@ pub fn deploy(
             ))
         })?
     };
-    reread_partitions(&disk, device);
+    partitions::tell_kernel(&disk, device);
     drop(disk);
 
     let find = |role: &str| parts.iter().find(|p| p.role == role);

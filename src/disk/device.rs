@@ -9,7 +9,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Bytes at the start and at the end of a disk that hold partition tables (MBR, GPT and its
 /// backup) and boot code: wiped on failure, held back until the image is verified.
@@ -272,40 +271,13 @@ impl Target {
         self.file.sync_data()
     }
 
-    /// Asks the kernel to re-read the partition table (BLKRRPART), retrying while busy, then
-    /// waits for udev when it runs. Failures are logged: the image is already written.
+    /// Makes the kernel's partition list equal the table now on the disk (BLKRRPART, else
+    /// BLKPG, as partprobe). Failures are logged: what was written stays written.
     pub fn rescan(&self) {
         if self.block {
-            reread_partitions(&self.file, &self.path);
+            crate::disk::partitions::tell_kernel(&self.file, &self.path);
         }
     }
-}
-
-/// Asks the kernel to re-read a disk's partition table (BLKRRPART), retrying while busy, then
-/// waits for udev when it runs. Failures are logged only: what was written stays written.
-pub fn reread_partitions(file: &File, path: &Path) {
-    // BLKRRPART = _IO(0x12, 95)
-    const BLKRRPART: libc::c_ulong = 0x125f;
-    use std::os::fd::AsRawFd;
-    for attempt in 0..20 {
-        // SAFETY: BLKRRPART takes no argument; the descriptor is open for the whole call.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART as _, 0) };
-        if rc == 0 {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EBUSY) && attempt < 19 {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        // EINVAL/ENOTTY: no partition scanning here (a loop device without -P, a file).
-        tracing::debug!(
-            "re-reading the partition table of {}: {err}",
-            path.display()
-        );
-        break;
-    }
-    udev_settle();
 }
 
 /// Runs `udevadm settle` when udev is running; quietly does nothing otherwise.

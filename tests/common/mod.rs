@@ -374,6 +374,13 @@ impl LoopDev {
 
 impl Drop for LoopDev {
     fn drop(&mut self) {
+        // Partitions added with BLKPG outlive the detach of a loop device without partition
+        // scanning: remove them first, or the next user of this loop number sees them.
+        let _ = Command::new("partx")
+            .arg("-d")
+            .arg(&self.dev)
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
     }
 }
@@ -506,4 +513,17 @@ pub fn self_signed_files(dir: &Path) -> (PathBuf, PathBuf, String) {
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
     (c, k, cert.pem())
+}
+
+/// True when running as root, for tests that need it for something other than loop devices
+/// (`why`, e.g. network namespaces). Skips with a reason elsewhere; in CI not being root fails.
+pub fn root_available(test: &str, why: &str) -> bool {
+    if rustix_is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: CI must run as root for {why}");
+    }
+    eprintln!("SKIPPED {test}: needs root for {why}");
+    false
 }

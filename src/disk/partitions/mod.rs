@@ -7,11 +7,13 @@
 //! - [`edit`]: a partition added at the end of the free space (config drives);
 //! - [`create`]: a new table from a plan (partition images);
 //! - [`gpt`]: the backup header moved to the end of a larger disk;
+//! - [`kernel`]: the kernel's partition list made equal to the table (BLKRRPART, else BLKPG);
 //! - [`types`]: partition type codes.
 
 pub mod create;
 pub mod edit;
 pub mod gpt;
+pub mod kernel;
 pub mod types;
 
 pub use edit::{add_end_partition, LayoutError};
@@ -154,4 +156,33 @@ pub fn check_after_write(device: &std::path::Path) -> Result<(), crate::errors::
         )));
     }
     Ok(())
+}
+
+/// Makes the kernel's partition list of `disk` equal the table on it, as `partprobe` does
+/// (BLKRRPART, else BLKPG add/resize/delete: devices without partition scanning, busy disks).
+/// Logged, never fatal: the data on the disk is already right.
+pub fn tell_kernel(disk: &File, path: &std::path::Path) {
+    let parts: Vec<kernel::KernelPart> = match read_table(disk) {
+        Ok(t) => t
+            .map(|t| t.parts)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| kernel::KernelPart {
+                number: p.number,
+                start: p.start,
+                size: p.size,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("cannot read the partition table of {}: {e}", path.display());
+            return;
+        }
+    };
+    match kernel::sync_kernel_partitions(disk, path, &parts) {
+        Ok(r) => tracing::debug!(?r, "kernel partition list of {} updated", path.display()),
+        Err(e) => tracing::warn!(
+            "the kernel's partitions of {} may be stale: {e}",
+            path.display()
+        ),
+    }
 }
