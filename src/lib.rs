@@ -5,12 +5,14 @@
 //! - [`image`]: what an image is (`image_info`), how it is fetched, how it is checked;
 //! - [`disk`]: the install target, the writer stage, partition tables;
 //! - [`deploy`]: the data path that joins them;
+//! - [`boot`]: UEFI boot entries (install_bootloader, clean_uefi_nvram), natively;
 //! - [`agent`]: IPA's REST API, the standby/deploy/log extensions, lookup and heartbeat;
 //! - [`config`]: settings from the kernel command line, a file, the environment and flags;
 //! - [`configdrive`]: the config drive: decoding, checking, rebuilding as vfat;
 //! - [`errors`]: IPA's error types, as the conductor sees them.
 
 pub mod agent;
+pub mod boot;
 pub mod config;
 pub mod configdrive;
 pub mod demo;
