@@ -4,10 +4,10 @@
 //! IPA's `clean_uefi_nvram` matches its regexes against exactly that text (the `path` group of
 //! `efi_utils._ENTRY_LABEL` over `efibootmgr -v` output), and only sees entries whose text starts
 //! with one of `BBS|HD|FvFile|FvVol|PciRoot|VenMsg|VenHw|UsbClass` followed by `(`. So rivet
-//! renders the nodes those patterns meet in efivar 38+'s format (CentOS Stream 9, current
-//! efibootmgr): `HD(1,GPT,<guid>,0x800,0x100000)/\EFI\BOOT\BOOTX64.EFI`. (efivar 37, Debian 12,
-//! writes the file node as `File(\EFI\...)`; both forms match IPA's default patterns.) Node kinds
-//! rivet does not name are printed in efivar's generic `Path(type,subtype,hex)` style.
+//! renders the nodes those patterns meet in efivar 38+'s format (libefivar of IPA's CentOS
+//! Stream 9 ramdisk, and current): `HD(1,GPT,<guid>,0x800,0x100000)/\EFI\BOOT\BOOTX64.EFI`.
+//! (efivar 37, Debian 12, writes the file node as `File(\EFI\...)`; both forms match IPA's default
+//! patterns.) Node kinds rivet does not name get efivar's generic `Path(type,subtype,hex)` form.
 
 use super::load_option::{utf16z, HardDrive, LoadOption, Node, PartitionSignature};
 
@@ -182,13 +182,18 @@ fn guid(d: &[u8]) -> Option<uuid::Uuid> {
     Some(uuid::Uuid::from_bytes_le(b))
 }
 
-/// efibootmgr's optional data: the bytes as text when all are printable ASCII, else hex.
+/// The optional data as efibootmgr 16/17 print it (the versions in IPA's CentOS Stream 9 and
+/// Debian 12 ramdisks): each byte outside 32..=127 as `.`. (efibootmgr 18 prints hex instead.)
 fn render_optional_data(d: &[u8]) -> String {
-    if d.iter().all(|&c| (32..=127).contains(&c)) {
-        d.iter().map(|&c| char::from(c)).collect()
-    } else {
-        hex(d)
-    }
+    d.iter()
+        .map(|&c| {
+            if (32..=127).contains(&c) {
+                char::from(c)
+            } else {
+                '.'
+            }
+        })
+        .collect()
 }
 
 fn hex(d: &[u8]) -> String {
@@ -260,11 +265,14 @@ mod tests {
         let text = render(&option(&p, &[]));
         assert_eq!(text, "PciRoot(0x0)/Pci(0x2,0x1)/MAC(525400123456,1)");
         assert!(visible_to_ipa(&text));
-        // BBS(HD,Hard disk,0x0) with binary optional data, printed as hex
+        // BBS(HD,Hard disk,0x0) with binary optional data, non-printable bytes as dots
         let mut b = vec![5, 1, 18, 0, 2, 0, 0, 0];
         b.extend_from_slice(b"Hard disk\0");
         b.extend_from_slice(&[0x7f, 0xff, 4, 0]);
-        assert_eq!(render(&option(&b, &[0, 1, 0xff])), "BBS(HD,Hard disk,0x0)0001ff");
+        assert_eq!(
+            render(&option(&b, &[0, 1, 0xff])),
+            "BBS(HD,Hard disk,0x0)..."
+        );
         // Uri() entries are not in IPA's list: clean_uefi_nvram never sees them
         let mut u = vec![3, 24, 4 + 18, 0];
         u.extend_from_slice(b"http://192.0.2.1/x");
@@ -273,7 +281,10 @@ mod tests {
         assert_eq!(text, "Uri(http://192.0.2.1/x)abc");
         assert!(!visible_to_ipa(&text));
         // unknown node type, and a truncated path
-        assert_eq!(render(&option(&[9, 9, 6, 0, 0xab, 0xcd], &[])), "Path(9,9,abcd)");
+        assert_eq!(
+            render(&option(&[9, 9, 6, 0, 0xab, 0xcd], &[])),
+            "Path(9,9,abcd)"
+        );
         assert_eq!(render(&option(&[4, 4, 99, 0], &[])), "");
         assert!(!visible_to_ipa("Hd(1)"));
         assert!(!visible_to_ipa("HDD(1)"));

@@ -313,11 +313,28 @@ mod tests {
     fn boot_numbers_lists_only_boot_entries() {
         let dir = tempfile::tempdir().unwrap();
         let vars = VarStore::open(dir.path()).unwrap();
-        for name in ["Boot000A", "Boot0001", "BootOrder", "BootNext", "Boot00ab", "Boot12345"] {
+        for name in [
+            "Boot000A",
+            "Boot0001",
+            "BootOrder",
+            "BootNext",
+            "Boot00ab",
+            "Boot12345",
+        ] {
             vars.write(name, 7, &[0, 0]).unwrap();
         }
-        fs::write(dir.path().join("Boot0002-00000000-0000-0000-0000-000000000000"), [7, 0, 0, 0]).unwrap();
-        let nums: Vec<u16> = vars.boot_numbers().unwrap().into_iter().map(|(n, _)| n).collect();
+        fs::write(
+            dir.path()
+                .join("Boot0002-00000000-0000-0000-0000-000000000000"),
+            [7, 0, 0, 0],
+        )
+        .unwrap();
+        let nums: Vec<u16> = vars
+            .boot_numbers()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(nums, vec![1, 10, 0xab]);
         assert!(VarStore::open(&dir.path().join("nope")).is_err());
     }

@@ -124,15 +124,20 @@ pub fn register_loaders(
     let mut added = Vec::with_capacity(loaders.len());
     for loader in loaders {
         for old in existing.iter().filter(|e| e.label() == Some(&loader.label)) {
-            tracing::debug!("removing Boot{:04X}: same label {}", old.number, loader.label);
+            tracing::debug!(
+                "removing Boot{:04X}: same label {}",
+                old.number,
+                loader.label
+            );
             remove_entry(vars, old)?;
         }
-        let option = LoadOption::hard_drive_file(&loader.label, esp, &loader.path).map_err(|e| {
-            BootError::BadVariable {
-                name: loader.label.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let option =
+            LoadOption::hard_drive_file(&loader.label, esp, &loader.path).map_err(|e| {
+                BootError::BadVariable {
+                    name: loader.label.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         let number = add_entry(vars, &option)?;
         tracing::info!(
             "added Boot{number:04X} {} for loader {} on partition {}",
@@ -248,7 +253,11 @@ fn py_repr(v: &Value) -> String {
 }
 
 fn py_str_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::from(quote);
     for c in s.chars() {
         match c {
@@ -260,7 +269,9 @@ fn py_str_repr(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -279,7 +290,10 @@ mod tests {
         assert_eq!(parse_match_patterns(Some(&Value::Null)).unwrap().len(), 3);
         assert!(parse_match_patterns(Some(&json!([]))).unwrap().is_empty());
         let re = parse_match_patterns(Some(&json!(["SHIM"]))).unwrap();
-        assert!(re[0].is_match(r"\EFI\x\shimx64.efi"), "case-insensitive search");
+        assert!(
+            re[0].is_match(r"\EFI\x\shimx64.efi"),
+            "case-insensitive search"
+        );
         let e = parse_match_patterns(Some(&json!("^HD\\("))).unwrap_err();
         assert_eq!(
             e.to_string(),

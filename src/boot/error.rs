@@ -95,15 +95,62 @@ impl BootError {
     }
 }
 
-/// How a boot error reaches Ironic: `DeviceNotFound` and `InvalidCommandParamsError` keep
-/// IPA's class; everything else is IPA's `CommandExecutionError` ("Could not configure UEFI
-/// boot on device ...", which is what a failing efibootmgr/mount gives in IPA).
+impl BootError {
+    /// The error `image.install_bootloader` reports, as IPA's `manage_uefi` would:
+    /// `DeviceNotFound` keeps its class and text; anything else (IPA: a failing mount or
+    /// efibootmgr) is `CommandExecutionError` "Could not configure UEFI boot on device <dev>: ...".
+    pub fn into_install_error(self, device: &std::path::Path) -> AgentError {
+        match self {
+            BootError::DeviceNotFound(m) => AgentError::DeviceNotFound(m),
+            BootError::InvalidCommandParams(m) => AgentError::InvalidCommandParams(m),
+            other => AgentError::CommandExecution(format!(
+                "Could not configure UEFI boot on device {}: {other}",
+                device.display()
+            )),
+        }
+    }
+
+    /// True for the errors IPA raises as REST errors (which a clean step passes on as they
+    /// are); the others reach the conductor as IPA's `CleaningError` "Unexpected exception
+    /// performing clean step clean_uefi_nvram. <class>: <message>".
+    pub fn is_rest_error(&self) -> bool {
+        matches!(
+            self,
+            BootError::DeviceNotFound(_) | BootError::InvalidCommandParams(_)
+        )
+    }
+}
+
+/// The REST errors keep IPA's class; the rest become `CommandExecutionError` (prefer
+/// [`BootError::into_install_error`], which names the device as IPA does).
 impl From<BootError> for AgentError {
     fn from(e: BootError) -> Self {
         match e {
             BootError::DeviceNotFound(m) => AgentError::DeviceNotFound(m),
             BootError::InvalidCommandParams(m) => AgentError::InvalidCommandParams(m),
-            other => AgentError::CommandExecution(format!("Could not configure UEFI boot: {other}")),
+            other => AgentError::CommandExecution(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_errors_as_ipa_reports_them() {
+        let dev = std::path::Path::new("/dev/sda");
+        let e = BootError::NoEfivars("/x".into()).into_install_error(dev);
+        assert_eq!(
+            e.to_string(),
+            "Command execution failed: Could not configure UEFI boot on device /dev/sda: \
+             EFI variables are not supported on this system: /x is not a directory"
+        );
+        let e = BootError::DeviceNotFound("No EFI partition".into());
+        assert!(e.is_rest_error());
+        assert!(matches!(
+            e.into_install_error(dev),
+            AgentError::DeviceNotFound(_)
+        ));
     }
 }

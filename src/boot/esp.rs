@@ -131,7 +131,11 @@ pub fn no_esp_message(disk: &Path) -> String {
 pub fn find_esp(disk: &Path, esp_uuid: Option<&str>) -> Result<Partition, BootError> {
     let parts = read_partitions(disk)?;
     if let Some(p) = parts.iter().find(|p| p.is_esp()) {
-        tracing::debug!("found EFI partition {} on {}", p.hd.partition_number, disk.display());
+        tracing::debug!(
+            "found EFI partition {} on {}",
+            p.hd.partition_number,
+            disk.display()
+        );
         return Ok(p.clone());
     }
     let Some(uuid) = esp_uuid.filter(|u| !u.is_empty()) else {
@@ -316,14 +320,24 @@ mod tests {
             assert_eq!(l.path, r"\EFI\ubuntu\shimx64.efi");
         }
         let mut be = vec![0xfe, 0xff];
-        be.extend("grubx64.efi,Red Hat,x".encode_utf16().flat_map(|c| c.to_be_bytes()));
+        be.extend(
+            "grubx64.efi,Red Hat,x"
+                .encode_utf16()
+                .flat_map(|c| c.to_be_bytes()),
+        );
         let l = loader_from_csv("BOOT.CSV", &be).unwrap();
-        assert_eq!((l.label.as_str(), l.path.as_str()), ("Red Hat", r"\grubx64.efi"));
+        assert_eq!(
+            (l.label.as_str(), l.path.as_str()),
+            ("Red Hat", r"\grubx64.efi")
+        );
         let l = loader_from_csv("EFI/x/BOOT.CSV", &utf16le("a.efi,two\r\n", true)).unwrap();
         assert_eq!(l.label, "two");
         assert!(loader_from_csv("BOOT.CSV", &utf16le("only-one-field", true)).is_err());
         assert!(loader_from_csv("BOOT.CSV", b"abc").is_err(), "odd length");
-        assert!(loader_from_csv("BOOT.CSV", &[0x00, 0xd8, b'a', 0]).is_err(), "lone surrogate");
+        assert!(
+            loader_from_csv("BOOT.CSV", &[0x00, 0xd8, b'a', 0]).is_err(),
+            "lone surrogate"
+        );
     }
 
     #[test]

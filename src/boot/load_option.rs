@@ -343,16 +343,29 @@ mod tests {
     /// Every field of an encoded GPT entry, at the offsets the UEFI spec gives.
     #[test]
     fn gpt_entry_layout_field_by_field() {
-        let lo = LoadOption::hard_drive_file("ironic1", &gpt_hd(), r"\EFI\BOOT\BOOTX64.EFI").unwrap();
+        let lo =
+            LoadOption::hard_drive_file("ironic1", &gpt_hd(), r"\EFI\BOOT\BOOTX64.EFI").unwrap();
         let b = lo.encode();
         assert_eq!(&b[0..4], &[1, 0, 0, 0], "Attributes = LOAD_OPTION_ACTIVE");
         let file = u16s(r"\EFI\BOOT\BOOTX64.EFI");
         let path_len = 42 + 4 + file.len() + 4;
-        assert_eq!(u16::from_le_bytes([b[4], b[5]]) as usize, path_len, "FilePathListLength");
+        assert_eq!(
+            u16::from_le_bytes([b[4], b[5]]) as usize,
+            path_len,
+            "FilePathListLength"
+        );
         let desc = u16s("ironic1");
-        assert_eq!(&b[6..6 + desc.len()], &desc[..], "Description, UTF-16LE + NUL");
+        assert_eq!(
+            &b[6..6 + desc.len()],
+            &desc[..],
+            "Description, UTF-16LE + NUL"
+        );
         let hd = &b[6 + desc.len()..];
-        assert_eq!(&hd[0..4], &[4, 1, 42, 0], "HD node: type 4, subtype 1, length 42");
+        assert_eq!(
+            &hd[0..4],
+            &[4, 1, 42, 0],
+            "HD node: type 4, subtype 1, length 42"
+        );
         assert_eq!(&hd[4..8], &1u32.to_le_bytes(), "PartitionNumber");
         assert_eq!(&hd[8..16], &0x800u64.to_le_bytes(), "PartitionStart");
         assert_eq!(&hd[16..24], &0x10000u64.to_le_bytes(), "PartitionSize");
@@ -372,7 +385,11 @@ mod tests {
         assert_eq!(&fnode[0..2], &[4, 4], "File node: type 4, subtype 4");
         assert_eq!(u16::from_le_bytes([fnode[2], fnode[3]]) as usize, flen);
         assert_eq!(&fnode[4..flen], &file[..], "PathName, UTF-16LE + NUL");
-        assert_eq!(&fnode[flen..], &[0x7f, 0xff, 4, 0], "End Entire, and no optional data");
+        assert_eq!(
+            &fnode[flen..],
+            &[0x7f, 0xff, 4, 0],
+            "End Entire, and no optional data"
+        );
     }
 
     #[test]
@@ -391,7 +408,11 @@ mod tests {
         assert_eq!(&n[4..8], &2u32.to_le_bytes());
         assert_eq!(&n[24..28], &[0x4d, 0x3c, 0x2b, 0x1a], "signature LE");
         assert_eq!(&n[28..40], &[0u8; 12], "the rest of the signature is zero");
-        assert_eq!((n[40], n[41]), (1, 1), "MBRType = PC-AT, SignatureType = MBR");
+        assert_eq!(
+            (n[40], n[41]),
+            (1, 1),
+            "MBRType = PC-AT, SignatureType = MBR"
+        );
         // forward slashes are turned into backslashes, as efibootmgr does
         let lo = LoadOption::decode(&b).unwrap();
         assert_eq!(lo.file_path().as_deref(), Some(r"\EFI\BOOT\BOOTX64.EFI"));
@@ -399,13 +420,21 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let lo = LoadOption::hard_drive_file("Ubuntu ☃", &gpt_hd(), r"\EFI\ubuntu\shimx64.efi").unwrap();
+        let lo =
+            LoadOption::hard_drive_file("Ubuntu ☃", &gpt_hd(), r"\EFI\ubuntu\shimx64.efi").unwrap();
         let back = LoadOption::decode(&lo.encode()).unwrap();
         assert_eq!(back, lo);
         assert!(back.is_active());
         assert_eq!(back.hard_drive(), Some(gpt_hd()));
-        assert_eq!(back.file_path().as_deref(), Some(r"\EFI\ubuntu\shimx64.efi"));
-        let kinds: Vec<(u8, u8)> = back.nodes().map(|n| n.unwrap()).map(|n| (n.kind, n.subtype)).collect();
+        assert_eq!(
+            back.file_path().as_deref(),
+            Some(r"\EFI\ubuntu\shimx64.efi")
+        );
+        let kinds: Vec<(u8, u8)> = back
+            .nodes()
+            .map(|n| n.unwrap())
+            .map(|n| (n.kind, n.subtype))
+            .collect();
         assert_eq!(kinds, vec![(4, 1), (4, 4), (0x7f, 0xff)]);
     }
 
@@ -432,12 +461,18 @@ mod tests {
         broken[6 + u16s("UEFI PXEv4").len() + 2] = 200;
         let lo = LoadOption::decode(&broken).unwrap();
         assert_eq!(lo.description, "UEFI PXEv4");
-        assert!(matches!(lo.nodes().next(), Some(Err(LoadOptionError::BadNode(0)))));
+        assert!(matches!(
+            lo.nodes().next(),
+            Some(Err(LoadOptionError::BadNode(0)))
+        ));
         // no NUL: refused
         assert_eq!(
             LoadOption::decode(&[1, 0, 0, 0, 0, 0, b'a', 0]),
             Err(LoadOptionError::UnterminatedDescription)
         );
-        assert_eq!(LoadOption::decode(&[1, 0]), Err(LoadOptionError::Truncated(2)));
+        assert_eq!(
+            LoadOption::decode(&[1, 0]),
+            Err(LoadOptionError::Truncated(2))
+        );
     }
 }

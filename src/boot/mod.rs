@@ -38,22 +38,22 @@ pub fn booted_in_uefi_mode() -> bool {
 ///
 /// Returns the entries added. An empty list is IPA's `False` ("Empty EFI partition detected"):
 /// the ESP has no loader, nothing was changed, and `install_bootloader` goes on to its
-/// `root_uuid` check. An MBR disk whose signature is zero gets a random one first, as
-/// `efibootmgr -w` does (the only write to the disk).
+/// `root_uuid` check. The disk is only read. (IPA passes `efibootmgr -w`, "write a signature
+/// to an MBR disk that has none", but efibootmgr ignores that flag: an MBR disk with signature 0
+/// gets `HD(n,MBR,0x0,...)` entries there too, and so it does here.)
 ///
 /// Errors: [`BootError::DeviceNotFound`] with IPA's text when there is no ESP; the other
-/// variants become IPA's `CommandExecutionError` (see `From<BootError> for AgentError`).
+/// variants become IPA's `CommandExecutionError` through [`BootError::into_install_error`].
 pub fn install_entries(
     disk: &Path,
     esp_uuid: Option<&str>,
     vars: &VarStore,
 ) -> Result<Vec<BootEntry>, BootError> {
-    let mut esp = esp::find_esp(disk, esp_uuid)?;
+    let esp = esp::find_esp(disk, esp_uuid)?;
     let loaders = esp::find_loaders(disk, &esp)?;
     if loaders.is_empty() {
         tracing::warn!("Empty EFI partition detected.");
         return Ok(Vec::new());
     }
-    partitions::ensure_mbr_signature(disk, &mut esp)?;
     entries::register_loaders(vars, &esp.hd, &loaders)
 }

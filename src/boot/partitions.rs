@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use super::error::BootError;
@@ -130,34 +130,4 @@ fn block_sector_size(f: &File, disk: &Path) -> Result<Option<u64>, BootError> {
     rustix::fs::ioctl_blksszget(f)
         .map(|s| Some(u64::from(s)))
         .map_err(|e| BootError::disk(disk, e.into()))
-}
-
-/// What `efibootmgr -w` does on an MBR disk whose signature is zero: writes a new non-zero
-/// signature at byte 440 (firmware finds the ESP of an `HD(n,MBR,sig,...)` entry by it), and
-/// updates `part`. A GPT partition, or a disk with a signature, is left alone.
-pub fn ensure_mbr_signature(disk: &Path, part: &mut Partition) -> Result<(), BootError> {
-    let PartitionSignature::Mbr(0) = part.hd.signature else {
-        return Ok(());
-    };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .map_err(|e| BootError::disk(disk, e))?;
-    // Check what is on disk now, not what was read earlier.
-    let mut cur = [0u8; 4];
-    f.read_exact_at(&mut cur, 440)
-        .map_err(|e| BootError::disk(disk, e))?;
-    let mut sig = u32::from_le_bytes(cur);
-    if sig == 0 {
-        while sig == 0 {
-            sig = rand::random();
-        }
-        f.write_all_at(&sig.to_le_bytes(), 440)
-            .and_then(|()| f.sync_data())
-            .map_err(|e| BootError::disk(disk, e))?;
-        tracing::info!("wrote MBR disk signature 0x{sig:08x} to {}", disk.display());
-    }
-    part.hd.signature = PartitionSignature::Mbr(sig);
-    Ok(())
 }
