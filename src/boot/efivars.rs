@@ -5,8 +5,8 @@
 //! libefivar does for efibootmgr): the kernel marks most variable files immutable, so
 //! `FS_IMMUTABLE_FL` is cleared before writing or deleting and restored after a write; a variable
 //! must be written in a single `write()` (a partial write is an error, not a prefix); and
-//! efivarfs replaces a variable on write without truncation (it does not support it), while a
-//! plain directory needs `O_TRUNC` to lose the old bytes, hence the file system check.
+//! efivarfs replaces the whole variable on each write, so libefivar opens without `O_TRUNC`, while
+//! a plain directory needs `O_TRUNC` to lose the old bytes, hence the file system check.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
