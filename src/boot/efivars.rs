@@ -25,7 +25,7 @@ pub const DEFAULT_EFIVARS_DIR: &str = "/sys/firmware/efi/efivars";
 /// `NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS`, what efibootmgr gives boot variables.
 pub const NV_BS_RT: u32 = 0x7;
 
-const EFIVARFS_MAGIC: u64 = 0xde5e_81e4;
+const EFIVARFS_MAGIC: u32 = 0xde5e_81e4;
 
 /// A variable's attribute word and data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,8 @@ impl VarStore {
             return Err(BootError::NoEfivars(dir.to_path_buf()));
         }
         let efivarfs = rustix::fs::statfs(dir)
-            .map(|s| s.f_type as u64 == EFIVARFS_MAGIC)
+            // f_type is a C long whose width varies; the magic is 32 bits.
+            .map(|s| s.f_type as u32 == EFIVARFS_MAGIC)
             .unwrap_or(false);
         Ok(VarStore {
             dir: dir.to_path_buf(),
@@ -163,10 +164,11 @@ impl VarStore {
             return Ok(None);
         };
         if v.data.len() % 2 != 0 {
-            return Err(BootError::BadVariable {
-                name: "BootOrder".into(),
-                reason: format!("odd length {}", v.data.len()),
-            });
+            // efibootmgr reads len/2 entries too; a broken order must not stop a deploy.
+            tracing::warn!(
+                "BootOrder has an odd length {}; ignoring its last byte",
+                v.data.len()
+            );
         }
         let order = v
             .data
@@ -307,6 +309,8 @@ mod tests {
         assert_eq!(vars.boot_current().unwrap(), None);
         vars.write("BootCurrent", 6, &[0x0a, 0]).unwrap();
         assert_eq!(vars.boot_current().unwrap(), Some(10));
+        vars.write("BootOrder", 7, &[3, 0, 9]).unwrap();
+        assert_eq!(vars.boot_order().unwrap(), Some((vec![3], 7)));
     }
 
     #[test]
