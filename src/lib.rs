@@ -6,6 +6,7 @@
 //! - [`disk`]: the install target, the writer stage, partition tables;
 //! - [`deploy`]: the one deploy orchestrator and the data path it runs;
 //! - [`configdrive`]: the config drive: decoding, checking, rebuilding as vfat;
+//! - [`boot`]: UEFI boot entries, written natively through efivarfs;
 //! - [`agent`]: IPA's REST API, its extensions, lookup and heartbeat, the server;
 //! - [`config`]: typed settings from the kernel command line, a file, the environment, flags;
 //! - [`cli`]: the `rivet` command line;
@@ -15,6 +16,7 @@
 #![warn(unreachable_pub)]
 
 pub mod agent;
+pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod configdrive;
