@@ -8,6 +8,7 @@
 //! - [`agent`]: IPA's REST API, the standby/deploy/log extensions, lookup and heartbeat;
 //! - [`config`]: settings from the kernel command line, a file, the environment and flags;
 //! - [`configdrive`]: the config drive: decoding, checking, rebuilding as vfat;
+//! - [`erase`]: disk erasure (IPA's erase clean steps);
 //! - [`errors`]: IPA's error types, as the conductor sees them.
 
 pub mod agent;
@@ -16,5 +17,6 @@ pub mod configdrive;
 pub mod demo;
 pub mod deploy;
 pub mod disk;
+pub mod erase;
 pub mod errors;
 pub mod image;
