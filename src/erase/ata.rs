@@ -121,7 +121,11 @@ fn smartctl_allows(dev: &str, run: &dyn CommandRunner) -> bool {
         Ok(o) => !o.stdout.contains("Unavailable"),
         Err(CmdError::NotFound(_)) => true,
         Err(e) => {
-            tracing::warn!(device = dev, error = %e, "smartctl cannot query ATA security; no ATA secure erase");
+            tracing::warn!(
+                device = dev,
+                "smartctl cannot query ATA security; no ATA secure erase"
+            );
+            tracing::debug!(device = dev, error = %e, "smartctl");
             false
         }
     }
@@ -160,7 +164,8 @@ pub fn ata_erase(dev: &str, run: &dyn CommandRunner) -> Result<bool, EraseError>
         tracing::warn!(device = dev, "hdparm is not installed; no ATA secure erase");
         return Ok(false);
     };
-    if !smartctl_allows(dev, run) || !has(&lines, "supported") {
+    // IPA asks smartctl first; the outcome is the same, and this spares a tool run.
+    if !has(&lines, "supported") || !smartctl_allows(dev, run) {
         return Ok(false);
     }
     if !has(&lines, "not frozen") {
