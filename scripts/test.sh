@@ -15,6 +15,9 @@ command -v isoinfo >/dev/null || need+=(genisoimage)
 command -v mtype >/dev/null || need+=(mtools)
 command -v mkfs.vfat >/dev/null || need+=(dosfstools)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v pvcreate >/dev/null || need+=(lvm2)          # erase tests: an LVM PV to wipe
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)      # erase tests (optional there)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs) # erase tests (optional there)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test.sh: installing ${need[*]}"

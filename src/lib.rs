@@ -6,6 +6,7 @@
 //! - [`disk`]: the install target, the writer stage, partition tables;
 //! - [`deploy`]: the one deploy orchestrator and the data path it runs;
 //! - [`configdrive`]: the config drive: decoding, checking, rebuilding as vfat;
+//! - [`erase`]: disk erasure (IPA's erase clean steps), safe, verifiable and fast;
 //! - [`boot`]: UEFI boot entries, written natively through efivarfs;
 //! - [`agent`]: IPA's REST API, its extensions, lookup and heartbeat, the server;
 //! - [`config`]: typed settings from the kernel command line, a file, the environment, flags;
@@ -13,7 +14,6 @@
 //! - [`external`]: running the few external tools rivet needs;
 //! - [`errors`]: IPA's error types, as the conductor sees them;
 //! - [`system`]: what `system.lockdown` does to the machine (network interfaces down).
-#![warn(unreachable_pub)]
 
 pub mod agent;
 pub mod boot;
@@ -23,6 +23,7 @@ pub mod configdrive;
 pub mod demo;
 pub mod deploy;
 pub mod disk;
+pub mod erase;
 pub mod errors;
 pub mod external;
 pub mod image;
