@@ -18,6 +18,8 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v pvcreate >/dev/null || need+=(lvm2)          # erase tests: an LVM PV to wipe
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)      # erase tests (optional there)
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs) # erase tests (optional there)
+command -v efibootmgr >/dev/null || need+=(efibootmgr efivar) # boot tests cross-check with them
+command -v partx >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test.sh: installing ${need[*]}"

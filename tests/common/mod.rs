@@ -5,6 +5,7 @@
 //! will not do.
 #![allow(dead_code)]
 
+pub mod disks;
 pub mod esp;
 
 use std::collections::HashMap;
