@@ -3,14 +3,14 @@
 //! Every error rivet reports to Ironic is one of IPA's "REST errors": it has a class name
 //! (`type`), an HTTP-ish `code`, a fixed `message` per class and free-text `details`. Ironic
 //! reads `details` first (then `message`), and matches on the class name in a few places, so
-//! the names and messages here are wire-visible and copied from IPA 13.0.0 (SPEC §3).
+//! the names and messages here are wire-visible and copied from IPA 13.0.0 (docs/errors.md).
 
 use std::fmt;
 
 /// An error as IPA reports it: one variant per IPA exception class.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentError {
-    /// `RESTError`: the base class, used raw for checksum set-up failures (SPEC §7.2).
+    /// `RESTError`: the base class, used raw for checksum set-up failures (docs/image-info.md#checksums).
     RestError(String),
     /// `InvalidContentError`: a request body that could not be understood.
     InvalidContent(String),

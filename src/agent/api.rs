@@ -1,4 +1,4 @@
-//! IPA's REST API on the wire (SPEC §2): every route with and without the `/v1` prefix, the
+//! IPA's REST API on the wire (docs/agent-api.md#routes): every route with and without the `/v1` prefix, the
 //! five-key result object, `{faultcode, faultstring}` errors with IPA's status codes and texts,
 //! and the `agent_token` query parameter on the protected routes.
 

@@ -1,5 +1,5 @@
 //! The command engine: IPA's ordered list of command results, the one-at-a-time rule, and
-//! sync versus async execution (SPEC §1, §2).
+//! sync versus async execution (docs/agent-api.md#commands, docs/agent-api.md#routes).
 //!
 //! - Every dispatched command is appended to an insertion-ordered list that is never pruned;
 //!   Ironic reads the *last* entry.

@@ -1,5 +1,5 @@
 //! Command names → bodies: which extension has which command, sync or async, with which
-//! parameters, and the validators that run inside the request (SPEC §1, §2, §6).
+//! parameters, and the validators that run inside the request (docs/agent-api.md#commands, docs/agent-api.md#routes, docs/agent-api.md#standby).
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! Talking to Ironic (SPEC §4, §16): API version discovery, lookup with IPA's backoff, the
+//! Talking to Ironic (docs/agent-api.md#lookup-and-heartbeat): API version discovery, lookup with IPA's backoff, the
 //! configuration Ironic returns, and heartbeats on IPA's schedule (plus the forced one after
 //! every async command).
 

@@ -1,5 +1,5 @@
 //! rivet's own log, kept in memory for `log.collect_system_logs`, and that command: a
-//! gzip+base64 tar of the log, the kernel log and a few views of the machine (SPEC §16.12).
+//! gzip+base64 tar of the log, the kernel log and a few views of the machine (docs/agent-api.md#commands).
 
 use std::io::Write;
 use std::process::Command;

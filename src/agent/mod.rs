@@ -183,7 +183,7 @@ impl Agent {
     }
 
     /// The install device: `root_device` when set, else chosen from sysfs with the node's
-    /// root device hints (SPEC §9).
+    /// root device hints (docs/agent-api.md#root-device).
     pub fn root_device(&self) -> Result<PathBuf, AgentError> {
         let settings = self.settings();
         if let Some(p) = settings.root_device {

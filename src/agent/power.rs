@@ -1,4 +1,4 @@
-//! Power backends for `run_image` / `power_off` (SPEC §6.2).
+//! Power backends for `run_image` / `power_off` (docs/agent-api.md#standby).
 //!
 //! `log` only records what it would do: it is the default of `rivet serve` and the one every
 //! test uses. `system` really reboots or powers off (`reboot`/`poweroff`, then the sysrq

@@ -1,4 +1,4 @@
-//! The standby extension's commands (SPEC §6): `prepare_image`, `run_image`, `power_off`,
+//! The standby extension's commands (docs/agent-api.md#standby): `prepare_image`, `run_image`, `power_off`,
 //! `sync`, `get_partition_uuids`, `execute_bootc_install`.
 
 use std::sync::Arc;
@@ -121,7 +121,7 @@ fn sync_clock(ntp: &str) -> Result<(), AgentError> {
     run("hwclock", &["-v", "--systohc"])
 }
 
-/// `execute_bootc_install` (SPEC §11): podman pulls the image (with the pull secret in a
+/// `execute_bootc_install` (docs/agent-api.md#bootc): podman pulls the image (with the pull secret in a
 /// private file that is gone before the install runs), `bootc install to-disk` writes it, the
 /// partition table is checked, then the config drive is written.
 pub fn execute_bootc_install(

@@ -1,4 +1,4 @@
-//! TLS on the agent's own API (SPEC §2, §4.4): static (`listen_tls` with `tls_cert_file` /
+//! TLS on the agent's own API (docs/agent-api.md#routes, docs/agent-api.md#lookup-and-heartbeat): static (`listen_tls` with `tls_cert_file` /
 //! `tls_key_file`) or automatic — a self-signed EC certificate for the advertised address,
 //! sent to Ironic as `agent_verify_ca` in heartbeats, which Ironic then uses as CA bundle.
 

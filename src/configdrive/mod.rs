@@ -1,4 +1,4 @@
-//! Config drives (SPEC §10): the `configdrive` argument turned into image bytes (IPA's
+//! Config drives (docs/data-path.md#config-drive): the `configdrive` argument turned into image bytes (IPA's
 //! `get_configdrive`, §10.1), checked without mounting, and rebuilt as vfat where an ISO 9660
 //! image will not do (4K-sector disks, `config_drive_rebuild`, §10.2 step 5).
 //!
@@ -55,7 +55,7 @@ pub enum DriveKind {
     Unknown,
 }
 
-/// Turns the `configdrive` argument into the image bytes (SPEC §10.1, §10.2 step 2).
+/// Turns the `configdrive` argument into the image bytes (docs/data-path.md#config-drive).
 ///
 /// `configdrive` is either an `http://` / `https://` URL (case-insensitive), fetched with
 /// `fetch`, or the image itself, gzipped and base64-encoded. `fetch` must use the agent's TLS

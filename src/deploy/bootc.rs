@@ -1,4 +1,4 @@
-//! `execute_bootc_install` (SPEC §11): a bootable container image installed with podman and
+//! `execute_bootc_install` (docs/agent-api.md#bootc): a bootable container image installed with podman and
 //! `bootc install to-disk`, as IPA does it, with the pull secret kept away from the install
 //! container (LP 2155826): it lives in a private file only while `podman pull` runs.
 

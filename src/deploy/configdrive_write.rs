@@ -1,4 +1,4 @@
-//! `create_config_drive_partition` (SPEC §10.2) for whole-disk images and bootc: find the
+//! `create_config_drive_partition` (docs/data-path.md#config-drive) for whole-disk images and bootc: find the
 //! `config-2` partition or make one in the last 64 MiB of free space, write the config drive
 //! into it by byte offset, and check it by reading it back — no partition node, no mount.
 

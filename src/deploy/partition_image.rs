@@ -1,4 +1,4 @@
-//! Partition images (`image_type: partition`, SPEC §8.4): IPA's layout (ESP or BIOS boot,
+//! Partition images (`image_type: partition`, docs/data-path.md#partition-images): IPA's layout (ESP or BIOS boot,
 //! ephemeral, swap, config drive, root last), made natively; the image written into the root
 //! partition through the normal pipeline; file systems made with the standard mkfs tools.
 //!

@@ -1,4 +1,4 @@
-//! Choosing the install disk (SPEC §9): candidate disks from sysfs, Ironic's root device hints
+//! Choosing the install disk (docs/agent-api.md#root-device): candidate disks from sysfs, Ironic's root device hints
 //! with oslo's operators, `skip_block_devices`, and IPA's default (smallest disk ≥ 4 GiB).
 
 use std::path::{Path, PathBuf};

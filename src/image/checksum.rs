@@ -1,7 +1,7 @@
 //! Checksums: the algorithms IPA accepts, the choice of algorithm and expected value from
-//! `image_info` (SPEC §7.2), and checksum files given by URL (SPEC §7.3).
+//! `image_info` (docs/image-info.md#checksums), and checksum files given by URL (docs/image-info.md#checksums).
 //!
-//! Differences from IPA, on purpose (SPEC "Decisions"): hex is compared case-insensitively; a
+//! Differences from IPA, on purpose (see docs/image-info.md#checksums): hex is compared case-insensitively; a
 //! checksum-file entry matches on the basename of its name, so `./img` and `/srv/img` match
 //! `img`; names are compared literally, never as a regex; an unknown `os_hash_algo` with a
 //! checksum URL falls back to typing the fetched value by its length instead of failing later.
@@ -181,7 +181,7 @@ impl Expected {
     }
 }
 
-/// Decides the algorithm and the expected digest for an image (SPEC §7.2), fetching checksum
+/// Decides the algorithm and the expected digest for an image (docs/image-info.md#checksums), fetching checksum
 /// files with `fetch_text` when a value is an http(s) URL.
 pub fn resolve(
     info: &ImageInfo,
@@ -258,7 +258,7 @@ fn basename(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
-/// Finds the digest for the image at `image_url` in a checksum file's text (SPEC §7.3).
+/// Finds the digest for the image at `image_url` in a checksum file's text (docs/image-info.md#checksums).
 ///
 /// Accepts a bare hash, GNU lines (`hash  name`, `hash *name`), BSD lines
 /// (`ALGO (name) = hash`) and `#` comments. Names match by basename, literally.

@@ -1,5 +1,5 @@
 //! `ImageDownload`: fetching an image over HTTP(S) (or `file://`), as IPA does and better
-//! (SPEC §7.4–§7.6).
+//! (docs/data-path.md#downloads).
 //!
 //! - `urls` are tried in order; each gets `retries + 1` attempts in ONE loop (IPA nests two).
 //! - 4xx answers are fatal at once (`ImageDownloadFatalError`); 5xx and transport errors retry.
@@ -27,7 +27,7 @@ use super::http::{auth_header, build_client, error_chain};
 use super::info::ImageInfo;
 use crate::errors::{AgentError, Result};
 
-/// Download settings that come from the agent's configuration (SPEC §12).
+/// Download settings that come from the agent's configuration (docs/config.md#options).
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
     /// `image_download_connection_retries`: extra attempts per URL.

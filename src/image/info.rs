@@ -1,5 +1,5 @@
-//! `ImageInfo`: Ironic's `image_info` dict, exactly as the conductor sends it (SPEC §5.3), and
-//! IPA's `_validate_image_info` (SPEC §7.1) with its messages.
+//! `ImageInfo`: Ironic's `image_info` dict, exactly as the conductor sends it (docs/image-info.md#fields), and
+//! IPA's `_validate_image_info` (docs/image-info.md#validation) with its messages.
 //!
 //! Validation runs on the raw JSON first because IPA's messages are about JSON shapes ("must be
 //! a list", "must be a non-empty string"); only then is the dict turned into the typed model.

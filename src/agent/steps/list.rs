@@ -59,8 +59,9 @@ fn clean_uefi_nvram(priority: u32) -> Value {
 /// The steps of `phase`, in IPA's order.
 pub(super) fn steps(phase: Phase) -> Vec<Value> {
     match phase {
+        // Deploy steps always carry argsinfo (null when there are no arguments).
         Phase::Deploy => vec![
-            step("erase_devices_metadata", 0, "deploy", true),
+            with_args(step("erase_devices_metadata", 0, "deploy", true), Value::Null),
             clean_uefi_nvram(0),
             write_image(),
             bootc(),

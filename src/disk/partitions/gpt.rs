@@ -11,7 +11,7 @@ pub enum GptFix {
     NoGpt,
     /// The backup header already sits at the disk's last sector.
     AlreadyAtEnd,
-    /// The backup header was moved to the disk's last sector (SPEC §8.3 step 5: `sgdisk -e`).
+    /// The backup header was moved to the disk's last sector (docs/data-path.md#finishing-the-disk: `sgdisk -e`).
     Moved,
 }
 

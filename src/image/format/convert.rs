@@ -1,6 +1,6 @@
 //! The temp-file path, for what cannot stream (vmdk and the other formats qemu-img reads, or a
 //! qcow2 whose layout needs random access): `qemu-img convert` from a verified, inspected local
-//! copy, as IPA does (SPEC §8.3 step 3), with its memory limit and retries.
+//! copy, as IPA does (docs/data-path.md#finishing-the-disk), with its memory limit and retries.
 
 use std::path::Path;
 use std::process::Command;

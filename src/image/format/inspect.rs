@@ -1,5 +1,5 @@
 //! The format inspector: what an image really is, decided from its first bytes, and whether it
-//! is safe to hand to a converter (SPEC §8.2).
+//! is safe to hand to a converter (docs/data-path.md#formats).
 //!
 //! Why this exists: `qemu-img` follows pointers that an image carries — a qcow2 backing file or
 //! external data file, a VMDK descriptor naming extent files — so a crafted image can make the
@@ -157,7 +157,7 @@ pub fn inspect(head: &[u8]) -> Result<Inspection, AgentError> {
     }
 }
 
-/// IPA's whole rule (`get_and_validate_image_format`, SPEC §8.2). `disk_format` is Ironic's
+/// IPA's whole rule (`get_and_validate_image_format`, docs/data-path.md#formats). `disk_format` is Ironic's
 /// (may be `None`, empty or `"unknown"`), `permitted` is `permitted_image_formats`, `deep` is
 /// `!disable_deep_image_inspection`.
 ///
