@@ -9,18 +9,18 @@
 //! - [`ironic`]: lookup and heartbeat;
 //! - [`power`]: how the machine is rebooted or powered off.
 
-pub mod api;
-pub mod bootloader;
-pub mod commands;
-pub mod extensions;
-pub mod ironic;
+pub(crate) mod api;
+pub(crate) mod bootloader;
+pub(crate) mod commands;
+pub(crate) mod extensions;
+pub(crate) mod ironic;
 pub mod log;
-pub mod power;
+pub(crate) mod power;
 pub mod server;
-pub mod standby;
-pub mod steps;
-pub mod system;
-pub mod tls;
+pub(crate) mod standby;
+pub(crate) mod steps;
+pub(crate) mod system;
+pub(crate) mod tls;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};

@@ -15,10 +15,10 @@
 pub mod devpath_text;
 pub mod efivars;
 pub mod entries;
-pub mod error;
+pub(crate) mod error;
 pub mod esp;
 pub mod load_option;
-pub mod partitions;
+pub(crate) mod partitions;
 
 use std::path::Path;
 

@@ -7,12 +7,12 @@
 //! root uuid. A failure after the first write wipes the disk's table areas through one guard
 //! owned by the target ([`crate::disk::device::WipeOnFailure`]). See `docs/data-path.md`.
 
-pub mod bootc;
-pub mod configdrive_write;
+pub(crate) mod bootc;
+pub(crate) mod configdrive_write;
 pub mod decode;
-pub mod partition_image;
+pub(crate) mod partition_image;
 pub mod pipeline;
-pub mod tempfile_path;
+pub(crate) mod tempfile_path;
 
 use std::path::PathBuf;
 use std::sync::Arc;

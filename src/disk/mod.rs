@@ -5,7 +5,7 @@
 //! - [`partitions`]: every partition-table read and write;
 //! - [`root`]: which disk to install on (root device hints).
 
-pub mod device;
+pub(crate) mod device;
 pub mod partitions;
-pub mod root;
-pub mod writer;
+pub(crate) mod root;
+pub(crate) mod writer;

@@ -2,6 +2,6 @@
 
 pub mod checksum;
 pub mod fetch;
-pub mod format;
-pub mod http;
+pub(crate) mod format;
+pub(crate) mod http;
 pub mod info;

@@ -10,11 +10,11 @@
 //! - [`kernel`]: the kernel's partition list made equal to the table (BLKRRPART, else BLKPG);
 //! - [`types`]: partition type codes.
 
-pub mod create;
-pub mod edit;
-pub mod gpt;
+pub(crate) mod create;
+pub(crate) mod edit;
+pub(crate) mod gpt;
 pub mod kernel;
-pub mod types;
+pub(crate) mod types;
 
 pub use edit::{add_end_partition, LayoutError};
 pub use gpt::{relocate_backup_gpt, GptFix};
