@@ -264,3 +264,42 @@ fn the_demo_runs_end_to_end() {
         &img[2 << 20..img.len() - (1 << 20)]
     );
 }
+
+/// A ramdisk without a CA bundle: plain http still works, and an https server is trusted
+/// through --cafile alone (rustls' system roots are empty here: SSL_CERT_FILE/SSL_CERT_DIR
+/// point at nothing).
+#[test]
+fn no_system_ca_certificates_is_not_fatal() {
+    let s = Server::start();
+    let data = bytes(1 << 20, 35);
+    let url = s.route(
+        "/os.img",
+        Route::Bytes {
+            data: data.clone(),
+            ranges: false,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("certs");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("none.pem"), "").unwrap();
+    let t = dir.path().join("disk");
+    let o = Command::new(env!("CARGO_BIN_EXE_rivet"))
+        .args(["deploy", "--url", &url, "--device", t.to_str().unwrap()])
+        .args([
+            "--checksum",
+            &sha256(&data),
+            "--retries",
+            "0",
+            "--no-partition-check",
+        ])
+        .env("SSL_CERT_FILE", empty.join("none.pem"))
+        .env("SSL_CERT_DIR", &empty)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("no CA certificates on this system"), "{err}");
+    assert_eq!(std::fs::read(&t).unwrap(), *data);
+}

@@ -83,7 +83,49 @@ pub fn build_client(
     cfg: &FetchConfig,
     proxies: &std::collections::BTreeMap<String, String>,
     no_proxy: Option<&str>,
-) -> std::result::Result<reqwest::Client, String> {
+) -> std::result::Result<reqwest::Client, ClientError> {
+    let mut roots = Vec::new();
+    if let Some(ca) = &cfg.cafile {
+        let pem = std::fs::read(ca)
+            .map_err(|e| ClientError(format!("Cannot read cafile {}: {e}", ca.display())))?;
+        roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ClientError(format!("Invalid cafile {}: {e}", ca.display())))?;
+    }
+    let b = configure(cfg, proxies, no_proxy)?.tls_certs_merge(roots.clone());
+    match b.build() {
+        Ok(c) => Ok(c),
+        // A ramdisk without a CA bundle must still reach plain-http servers, insecure ones
+        // and those a cafile vouches for: then only the cafile's roots are trusted.
+        Err(e) if error_chain(&e).contains("No CA certificates") => {
+            tracing::warn!(
+                "no CA certificates on this system: trusting only the cafile's ({})",
+                roots.len()
+            );
+            configure(cfg, proxies, no_proxy)?
+                .tls_certs_only(roots)
+                .build()
+                .map_err(|e| {
+                    ClientError(format!("Cannot build the HTTP client: {}", error_chain(&e)))
+                })
+        }
+        Err(e) => Err(ClientError(format!(
+            "Cannot build the HTTP client: {}",
+            error_chain(&e)
+        ))),
+    }
+}
+
+/// The HTTP client could not be made (a bad TLS file, a bad proxy).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientError(String);
+
+/// Everything of the client but its trust roots.
+fn configure(
+    cfg: &FetchConfig,
+    proxies: &std::collections::BTreeMap<String, String>,
+    no_proxy: Option<&str>,
+) -> std::result::Result<reqwest::ClientBuilder, ClientError> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(cfg.connection_timeout)
         .tcp_nodelay(true)
@@ -96,29 +138,24 @@ pub fn build_client(
     if cfg.insecure {
         b = b.tls_danger_accept_invalid_certs(true);
     }
-    if let Some(ca) = &cfg.cafile {
-        let pem =
-            std::fs::read(ca).map_err(|e| format!("Cannot read cafile {}: {e}", ca.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("Invalid cafile {}: {e}", ca.display()))?
-        {
-            b = b.add_root_certificate(cert);
-        }
-    }
     match (&cfg.certfile, &cfg.keyfile) {
         (Some(c), Some(k)) => {
-            let mut pem = std::fs::read(c)
-                .map_err(|e| format!("Cannot read certfile {}: {e}", c.display()))?;
-            pem.extend(
-                std::fs::read(k)
-                    .map_err(|e| format!("Cannot read keyfile {}: {e}", k.display()))?,
-            );
+            let read = |p: &std::path::Path, what: &str| {
+                std::fs::read(p)
+                    .map_err(|e| ClientError(format!("Cannot read {what} {}: {e}", p.display())))
+            };
+            let mut pem = read(c, "certfile")?;
+            pem.extend(read(k, "keyfile")?);
             let id = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| format!("Invalid client certificate or key: {e}"))?;
+                .map_err(|e| ClientError(format!("Invalid client certificate or key: {e}")))?;
             b = b.identity(id);
         }
         (None, None) => {}
-        _ => return Err("certfile and keyfile must be given together".into()),
+        _ => {
+            return Err(ClientError(
+                "certfile and keyfile must be given together".into(),
+            ))
+        }
     }
     let no_proxy = no_proxy.and_then(reqwest::NoProxy::from_string);
     for (scheme, target) in proxies {
@@ -128,11 +165,10 @@ pub fn build_client(
             "all" => reqwest::Proxy::all(target),
             _ => continue,
         }
-        .map_err(|e| format!("Invalid proxy {target}: {e}"))?;
+        .map_err(|e| ClientError(format!("Invalid proxy {target}: {e}")))?;
         b = b.proxy(p.no_proxy(no_proxy.clone()));
     }
-    b.build()
-        .map_err(|e| format!("Cannot build the HTTP client: {}", error_chain(&e)))
+    Ok(b)
 }
 
 /// Fetches a small resource whole (a config drive given by URL): the TLS settings apply, but
@@ -142,7 +178,7 @@ pub fn fetch_bytes(
     cfg: &FetchConfig,
     limit: usize,
 ) -> std::result::Result<Vec<u8>, String> {
-    let client = build_client(cfg, &Default::default(), None)?;
+    let client = build_client(cfg, &Default::default(), None).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

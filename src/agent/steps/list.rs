@@ -61,7 +61,10 @@ pub(super) fn steps(phase: Phase) -> Vec<Value> {
     match phase {
         // Deploy steps always carry argsinfo (null when there are no arguments).
         Phase::Deploy => vec![
-            with_args(step("erase_devices_metadata", 0, "deploy", true), Value::Null),
+            with_args(
+                step("erase_devices_metadata", 0, "deploy", true),
+                Value::Null,
+            ),
             clean_uefi_nvram(0),
             write_image(),
             bootc(),
