@@ -12,7 +12,8 @@
 //! - [`cli`]: the `rivet` command line;
 //! - [`external`]: running the few external tools rivet needs;
 //! - [`errors`]: IPA's error types, as the conductor sees them;
-//! - [`system`]: what `system.lockdown` does to the machine (network interfaces down).
+//! - [`system`]: what `system.lockdown` does to the machine (network interfaces down);
+//! - [`inspect`]: the hardware inventory and the inspection POST before lookup.
 #![warn(unreachable_pub)]
 
 pub mod agent;
@@ -26,4 +27,5 @@ pub mod disk;
 pub mod errors;
 pub mod external;
 pub mod image;
+pub mod inspect;
 pub mod system;

@@ -120,6 +120,9 @@ pub async fn start(agent: &Arc<Agent>) -> Result<Running, ServeError> {
 pub async fn run(agent: Arc<Agent>) -> Result<(), ServeError> {
     let r = start(&agent).await?;
     let listen = |e: std::io::Error| ServeError::Listen(r.addr, e);
+    // IPA inspects before lookup: the node is found by the inventory's MACs, and lookup then
+    // carries the node uuid inspection answered.
+    crate::inspect::callback::run_before_lookup(&agent).await;
     match r.ironic {
         Some(i) => {
             if let Err(e) = ironic::run(Arc::clone(&agent), i, r.verify_ca).await {
