@@ -41,12 +41,17 @@ impl Fake {
         let port = l.local_addr().unwrap().port();
         let seen: Arc<Mutex<Vec<Req>>> = Arc::default();
         let queue = Arc::new(Mutex::new(
-            inspection_statuses.iter().copied().collect::<VecDeque<u16>>(),
+            inspection_statuses
+                .iter()
+                .copied()
+                .collect::<VecDeque<u16>>(),
         ));
         let s = seen.clone();
         std::thread::spawn(move || {
             for c in l.incoming().flatten() {
-                let Some(req) = read_request(&c) else { continue };
+                let Some(req) = read_request(&c) else {
+                    continue;
+                };
                 s.lock().unwrap().push(req.clone());
                 let t = req.target.as_str();
                 let (status, body) = if t == "/" {
@@ -57,15 +62,22 @@ impl Fake {
                         None => (202, json!({ "uuid": NODE })),
                     }
                 } else if t.starts_with("/v1/lookup") {
-                    (200, json!({"node": {"uuid": NODE, "properties": {}, "instance_info": {},
+                    (
+                        200,
+                        json!({"node": {"uuid": NODE, "properties": {}, "instance_info": {},
                                           "driver_internal_info": {}},
-                                 "config": {"heartbeat_timeout": 300, "agent_token": TOKEN}}))
+                                 "config": {"heartbeat_timeout": 300, "agent_token": TOKEN}}),
+                    )
                 } else if t.starts_with("/v1/heartbeat/") {
                     (202, Value::Null)
                 } else {
                     (404, json!({}))
                 };
-                let body = if body.is_null() { String::new() } else { body.to_string() };
+                let body = if body.is_null() {
+                    String::new()
+                } else {
+                    body.to_string()
+                };
                 let mut out = c;
                 let _ = write!(
                     out,
@@ -130,7 +142,10 @@ const FAST: Retry = Retry {
 };
 
 fn data() -> inspect::InspectionData {
-    let tree = format!("{}/tests/data/inspect/virtio-vm", env!("CARGO_MANIFEST_DIR"));
+    let tree = format!(
+        "{}/tests/data/inspect/virtio-vm",
+        env!("CARGO_MANIFEST_DIR")
+    );
     inspect::collect(
         &Machine::recorded(tree),
         &[Collector::Default],
@@ -182,14 +197,24 @@ fn other_errors_are_not_retried_and_retries_are_bounded() {
         other => panic!("{other:?}"),
     }
     assert_eq!(fake.requests("/v1/continue_inspection").len(), 5);
-    assert!(start.elapsed() >= Duration::from_millis(80), "4 waits of at least 20 ms");
+    assert!(
+        start.elapsed() >= Duration::from_millis(80),
+        "4 waits of at least 20 ms"
+    );
 }
 
 #[test]
 fn a_url_that_refuses_connections_hands_over_to_the_next() {
     let fake = Fake::start(&[]);
-    let dead = format!("http://127.0.0.1:{}/v1/continue_inspection", common::free_port());
-    let got = post(vec![dead.clone(), fake.url("/v1/continue_inspection")], FAST).unwrap();
+    let dead = format!(
+        "http://127.0.0.1:{}/v1/continue_inspection",
+        common::free_port()
+    );
+    let got = post(
+        vec![dead.clone(), fake.url("/v1/continue_inspection")],
+        FAST,
+    )
+    .unwrap();
     assert_eq!(got.as_deref(), Some(NODE));
     match post(vec![dead], FAST) {
         Err(InspectionError::Connection { .. }) => {}
@@ -233,7 +258,10 @@ fn agent_inspects_before_lookup_and_looks_up_with_the_uuid() {
         .map(|r| r.target.split('?').next().unwrap().to_string())
         .collect();
     let pos = |p: &str| order.iter().position(|t| t.starts_with(p)).unwrap();
-    assert!(pos("/v1/continue_inspection") < pos("/v1/lookup"), "{order:?}");
+    assert!(
+        pos("/v1/continue_inspection") < pos("/v1/lookup"),
+        "{order:?}"
+    );
     let lookup = &fake.requests("/v1/lookup")[0];
     assert!(
         lookup.target.ends_with(&format!("&node_uuid={NODE}")),
@@ -241,7 +269,10 @@ fn agent_inspects_before_lookup_and_looks_up_with_the_uuid() {
         lookup.target
     );
     let body = &fake.requests("/v1/continue_inspection")[0].body;
-    assert_eq!(body["configuration"]["collectors"], json!(["default", "logs"]));
+    assert_eq!(
+        body["configuration"]["collectors"],
+        json!(["default", "logs"])
+    );
     assert_eq!(body["error"], Value::Null);
     assert_eq!(body["inventory"]["bmc_address"], Value::Null);
     assert!(body["inventory"]["interfaces"].is_array());
@@ -325,7 +356,11 @@ fn unknown_collectors_stop_the_agent_at_start_up() {
     // From the kernel command line, as IPA takes it.
     let dir = tempfile::tempdir().unwrap();
     let cmdline = dir.path().join("cmdline");
-    std::fs::write(&cmdline, "BOOTIF=01-52-54-00-12-34-56 ipa-inspection-collectors=extra-hardware\n").unwrap();
+    std::fs::write(
+        &cmdline,
+        "BOOTIF=01-52-54-00-12-34-56 ipa-inspection-collectors=extra-hardware\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rivet"))
         .args(["serve", "--config", "/dev/null", "--cmdline"])
         .arg(&cmdline)
@@ -334,5 +369,8 @@ fn unknown_collectors_stop_the_agent_at_start_up() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("kernel command line") && err.contains("rivet does not have"), "{err}");
+    assert!(
+        err.contains("kernel command line") && err.contains("rivet does not have"),
+        "{err}"
+    );
 }

@@ -75,10 +75,7 @@ impl Ironic {
 
     fn log(&self) -> String {
         let text = self.full_log();
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.contains(" - GET /"))
-            .collect();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" - GET /")).collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
@@ -112,8 +109,10 @@ impl Ironic {
         let (st, node) = self.req(
             "POST",
             "/v1/nodes",
-            Some(json!({"name": name, "driver": "fake-hardware", "inspect_interface": "agent",
-                        "driver_info": {"fast_track": fast_track}})),
+            Some(
+                json!({"name": name, "driver": "fake-hardware", "inspect_interface": "agent",
+                        "driver_info": {"fast_track": fast_track}}),
+            ),
         );
         assert_eq!(st, 201, "{node}");
         let uuid = node["uuid"].as_str().unwrap().to_string();
@@ -262,7 +261,10 @@ fn recorded_server_gets_ports_and_properties(ironic: &Ironic) {
         serde_json::to_value(data.inventory.as_ref().unwrap()).unwrap()
     );
     assert_eq!(stored["plugin_data"]["root_disk"]["name"], "/dev/sdc");
-    assert_eq!(stored["plugin_data"]["boot_interface"], "01-3c-fd-fe-a1-b2-c0");
+    assert_eq!(
+        stored["plugin_data"]["boot_interface"],
+        "01-3c-fd-fe-a1-b2-c0"
+    );
 }
 
 fn agent_inspects_then_looks_up_by_the_answered_uuid(ironic: &Ironic) {
@@ -319,8 +321,15 @@ fn agent_inspects_then_looks_up_by_the_answered_uuid(ironic: &Ironic) {
     assert!(log.contains("inspection finished successfully"), "{log}");
     assert!(log.contains(&uuid), "{log}");
     let macs: Vec<String> = ironic.ports(&uuid).into_iter().map(|p| p.0).collect();
-    let live_macs: Vec<String> = live.interfaces.iter().map(|i| i.mac_address.clone()).collect();
-    assert!(macs.iter().all(|m| live_macs.contains(m)), "{macs:?} {live_macs:?}");
+    let live_macs: Vec<String> = live
+        .interfaces
+        .iter()
+        .map(|i| i.mac_address.clone())
+        .collect();
+    assert!(
+        macs.iter().all(|m| live_macs.contains(m)),
+        "{macs:?} {live_macs:?}"
+    );
     let (_, stored) = ironic.req("GET", &format!("/v1/nodes/{uuid}/inventory"), None);
     let disks: Vec<&str> = stored["inventory"]["disks"]
         .as_array()

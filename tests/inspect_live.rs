@@ -19,7 +19,8 @@ fn run(cmd: &str, args: &[&str]) -> Option<String> {
 
 #[test]
 fn live_inventory_matches_lsblk_and_ip() {
-    let (inv, root_disk) = inspect::inventory(&Machine::live(), &Options::quick(), None, &mut vec![]);
+    let (inv, root_disk) =
+        inspect::inventory(&Machine::live(), &Options::quick(), None, &mut vec![]);
     println!("{}", serde_json::to_string_pretty(&inv).unwrap());
 
     let Some(lsblk) = run("lsblk", &["-dnb", "-o", "NAME,SIZE"]) else {
@@ -62,7 +63,10 @@ fn live_inventory_matches_lsblk_and_ip() {
         })
         .map(|l| {
             let mac = l["permaddr"].as_str().or(l["address"].as_str()).unwrap();
-            (l["ifname"].as_str().unwrap().to_string(), mac.to_lowercase())
+            (
+                l["ifname"].as_str().unwrap().to_string(),
+                mac.to_lowercase(),
+            )
         })
         .filter(|(_, mac)| !mac.starts_with("fa:"))
         .collect();

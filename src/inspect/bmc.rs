@@ -56,8 +56,7 @@ pub(crate) fn detect(m: &Machine, skip: bool) -> Bmc {
         if bmc.v6.is_none() {
             bmc.v6 = v6.clone();
         }
-        if bmc.mac.is_none() && (ip != "0.0.0.0" || v6.is_some()) && mac != "00:00:00:00:00:00"
-        {
+        if bmc.mac.is_none() && (ip != "0.0.0.0" || v6.is_some()) && mac != "00:00:00:00:00:00" {
             bmc.mac = Some(mac);
         }
     }
@@ -106,7 +105,10 @@ pub(crate) fn parse_lan6_print(out: &str) -> Option<String> {
     for line in out.lines() {
         if line.starts_with("IPv6 ") && line.trim_end().ends_with(':') {
             let dynamic = line.contains("Dynamic");
-            blocks.push(vec![("kind".into(), if dynamic { "dynamic" } else { "static" }.into())]);
+            blocks.push(vec![(
+                "kind".into(),
+                if dynamic { "dynamic" } else { "static" }.into(),
+            )]);
         } else if let (Some(b), Some((k, v))) = (blocks.last_mut(), line.split_once(':')) {
             if line.starts_with(char::is_whitespace) {
                 b.push((k.trim().to_string(), v.trim().to_string()));
@@ -176,7 +178,10 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("dev")).unwrap();
         std::fs::write(dir.path().join("dev/ipmi0"), "").unwrap();
         let m = Machine::recorded(dir.path());
-        assert!(!ipmi_device_exists(&m), "a regular file is not an IPMI device");
+        assert!(
+            !ipmi_device_exists(&m),
+            "a regular file is not an IPMI device"
+        );
         assert_eq!(detect(&m, false), Bmc::default());
     }
 }

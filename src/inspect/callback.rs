@@ -117,7 +117,10 @@ impl Callback {
             let wait = self.retry.wait(attempt);
             tracing::warn!(
                 "inspection callback attempt {attempt} failed ({}); retrying in {:.1} s",
-                res.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+                res.as_ref()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
                 wait.as_secs_f64()
             );
             tokio::time::sleep(wait).await;
@@ -259,7 +262,9 @@ pub fn log_files(journal_lines: Option<u32>) -> Vec<(String, Vec<u8>)> {
     for kname in m.list("/sys/class/block") {
         let sys = format!("/sys/class/block/{kname}");
         let mut props: std::collections::BTreeMap<String, String> =
-            super::disks::udev_properties(&m, &sys).into_iter().collect();
+            super::disks::udev_properties(&m, &sys)
+                .into_iter()
+                .collect();
         for line in m.read(&format!("{sys}/uevent")).unwrap_or_default().lines() {
             if let Some((k, v)) = line.split_once('=') {
                 props.entry(k.to_string()).or_insert_with(|| v.to_string());
@@ -288,13 +293,18 @@ mod tests {
         let mut s = Settings::defaults().unwrap();
         assert_eq!(callback_urls(&s), None);
         s.set("api_url", "http://ironic:6385/", "t").unwrap();
-        assert_eq!(callback_urls(&s), None, "api_url alone does not turn inspection on");
+        assert_eq!(
+            callback_urls(&s),
+            None,
+            "api_url alone does not turn inspection on"
+        );
         s.set("inspection_collectors", "default", "t").unwrap();
         assert_eq!(
             callback_urls(&s),
             Some(vec!["http://ironic:6385/v1/continue_inspection".to_string()])
         );
-        s.set("inspection_callback_url", "http://x/cb", "t").unwrap();
+        s.set("inspection_callback_url", "http://x/cb", "t")
+            .unwrap();
         assert_eq!(callback_urls(&s), Some(vec!["http://x/cb".to_string()]));
     }
 }

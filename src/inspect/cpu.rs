@@ -43,9 +43,7 @@ pub(crate) fn cpu(m: &Machine) -> Result<Cpu, String> {
         .unwrap_or(processors);
     Ok(Cpu {
         model_name: first("model name").unwrap_or_default(),
-        frequency: max_mhz(m)
-            .or_else(|| first("cpu mhz"))
-            .unwrap_or_default(),
+        frequency: max_mhz(m).or_else(|| first("cpu mhz")).unwrap_or_default(),
         count,
         architecture: m.arch().unwrap_or_default(),
         flags: flags.split_whitespace().map(str::to_string).collect(),
@@ -83,8 +81,15 @@ fn sockets(m: &Machine, sections: &[Vec<(String, String)>], count: u64) -> u64 {
     let packages: BTreeSet<String> = m
         .list("/sys/devices/system/cpu")
         .into_iter()
-        .filter(|n| n.strip_prefix("cpu").is_some_and(|i| i.parse::<u32>().is_ok()))
-        .filter_map(|n| m.read(&format!("/sys/devices/system/cpu/{n}/topology/physical_package_id")))
+        .filter(|n| {
+            n.strip_prefix("cpu")
+                .is_some_and(|i| i.parse::<u32>().is_ok())
+        })
+        .filter_map(|n| {
+            m.read(&format!(
+                "/sys/devices/system/cpu/{n}/topology/physical_package_id"
+            ))
+        })
         .filter(|id| id != "-1")
         .collect();
     if !packages.is_empty() {
@@ -130,9 +135,12 @@ fn memory_blocks_mb(m: &Machine) -> Option<u64> {
     let blocks = m
         .list("/sys/devices/system/memory")
         .iter()
-        .filter(|n| n.strip_prefix("memory").is_some_and(|i| i.parse::<u64>().is_ok()))
+        .filter(|n| {
+            n.strip_prefix("memory")
+                .is_some_and(|i| i.parse::<u64>().is_ok())
+        })
         .count() as u64;
-    (blocks > 0).then_some(blocks * size >> 20)
+    (blocks > 0).then_some((blocks * size) >> 20)
 }
 
 #[cfg(test)]

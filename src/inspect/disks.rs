@@ -123,7 +123,11 @@ fn transport(m: &Machine, kname: &str) -> Option<String> {
         Some("spi")
     } else if host_is("fc") {
         let name = host_attr("fc", "symbolic_name")?;
-        Some(if name.contains(" over ") { "fcoe" } else { "fc" })
+        Some(if name.contains(" over ") {
+            "fcoe"
+        } else {
+            "fc"
+        })
     } else if host_is("sas") || m.path(&format!("{dev}/sas_device")).exists() {
         Some("sas")
     } else if m.path(&format!("{dev}/ieee1394_id")).exists() {

@@ -10,7 +10,10 @@ use super::model::{Firmware, SystemVendor};
 /// `system_vendor`: from DMI, else the device tree (model, serial number), else empty
 /// strings (IPA's values when lshw finds nothing).
 pub(crate) fn system_vendor(m: &Machine) -> SystemVendor {
-    let id = |f: &str| m.read(&format!("/sys/class/dmi/id/{f}")).unwrap_or_default();
+    let id = |f: &str| {
+        m.read(&format!("/sys/class/dmi/id/{f}"))
+            .unwrap_or_default()
+    };
     if m.path("/sys/class/dmi/id").is_dir() {
         let product = id("product_name");
         let sku = id("product_sku");

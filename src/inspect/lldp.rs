@@ -73,12 +73,7 @@ impl Listener {
                 }
             }
         }
-        for name in self
-            .socks
-            .into_iter()
-            .map(|(n, _)| n)
-            .chain(self.failed)
-        {
+        for name in self.socks.into_iter().map(|(n, _)| n).chain(self.failed) {
             out.entry(name).or_default();
         }
         out
@@ -233,7 +228,10 @@ mod tests {
         // SAFETY: unshare takes no pointers; it moves only this test's thread.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
         let ip = |args: &[&str]| {
-            let st = std::process::Command::new("ip").args(args).status().unwrap();
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
             assert!(st.success(), "ip {args:?}");
         };
         ip(&["link", "add", "lv0", "type", "veth", "peer", "name", "lv1"]);
@@ -245,9 +243,7 @@ mod tests {
         frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x88, 0xcc]);
         frame.extend(lldpdu());
         // SAFETY: `frame` is valid for its length; the socket is bound to lv1.
-        let sent = unsafe {
-            libc::send(tx.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0)
-        };
+        let sent = unsafe { libc::send(tx.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         assert_eq!(sent, frame.len() as isize);
         let map = listener.receive(Duration::from_secs(5));
         assert_eq!(map["lv0"][1], (2, "0567652d302f302f31".to_string()));

@@ -58,9 +58,7 @@ impl Machine {
     /// The last component of a symbolic link's target (`device/driver` → `e1000e`).
     pub(crate) fn link_name(&self, rel: &str) -> Option<String> {
         let target = std::fs::read_link(self.path(rel)).ok()?;
-        target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+        target.file_name().map(|n| n.to_string_lossy().into_owned())
     }
 
     /// Names in a directory, sorted; empty when it cannot be read.

@@ -14,8 +14,8 @@
 //! - [`settings`]: the collector list and callback URL setting types;
 //! - [`callback`]: the POST with IPA's retries, and the agent's inspection step.
 
-pub mod callback;
 mod bmc;
+pub mod callback;
 mod cpu;
 mod disks;
 mod dmi;

@@ -15,8 +15,8 @@ use crate::system::netif::{list_interfaces, Selection};
 
 /// The interfaces of `m`. `lldp`: the LLDP data collected for them, when LLDP is on.
 pub(crate) fn interfaces(m: &Machine, lldp: Option<&LldpMap>) -> Result<Vec<Interface>, String> {
-    let names = list_interfaces(&m.path("/sys/class/net"), Selection::Ipa)
-        .map_err(|e| e.to_string())?;
+    let names =
+        list_interfaces(&m.path("/sys/class/net"), Selection::Ipa).map_err(|e| e.to_string())?;
     let addrs = m.if_addrs();
     let mut out = Vec::new();
     for name in names {
@@ -81,10 +81,7 @@ pub(crate) fn getifaddrs() -> Vec<IfAddr> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        tracing::warn!(
-            "getifaddrs failed: {}",
-            std::io::Error::last_os_error()
-        );
+        tracing::warn!("getifaddrs failed: {}", std::io::Error::last_os_error());
         return vec![];
     }
     let mut out = Vec::new();
@@ -105,7 +102,9 @@ pub(crate) fn getifaddrs() -> Vec<IfAddr> {
             match i32::from((*ifa.ifa_addr).sa_family) {
                 libc::AF_INET => {
                     let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))))
                 }
                 libc::AF_INET6 => {
                     let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
@@ -230,7 +229,10 @@ mod tests {
 
     #[test]
     fn bootif_forms() {
-        assert_eq!(normalize_bootif("01-52-54-00-AB-cd-ef"), "52:54:00:ab:cd:ef");
+        assert_eq!(
+            normalize_bootif("01-52-54-00-AB-cd-ef"),
+            "52:54:00:ab:cd:ef"
+        );
         assert_eq!(normalize_bootif("52:54:00:AB:CD:EF"), "52:54:00:ab:cd:ef");
     }
 
@@ -251,7 +253,10 @@ mod tests {
             Some("fe80::1%eth0")
         );
         assert_eq!(first_addr(&addrs, "eth0", false), None);
-        assert_eq!(first_addr(&addrs[1..], "eth0", true).as_deref(), Some("2001:db8::5"));
+        assert_eq!(
+            first_addr(&addrs[1..], "eth0", true).as_deref(),
+            Some("2001:db8::5")
+        );
     }
 
     #[test]

@@ -81,7 +81,10 @@ fn server_interfaces_bonds_vlans_and_two_vendors() {
     let inv = d.inventory.unwrap();
     let names: Vec<&str> = inv.interfaces.iter().map(|i| i.name.as_str()).collect();
     // idrac (a USB NIC with a locally assigned fa: address) is left out, as IPA does; lo too.
-    assert_eq!(names, ["bond0", "bond0.100", "eno1", "eno2", "ens2f0", "ens2f1"]);
+    assert_eq!(
+        names,
+        ["bond0", "bond0.100", "eno1", "eno2", "ens2f0", "ens2f1"]
+    );
     let by = |n: &str| inv.interfaces.iter().find(|i| i.name == n).unwrap().clone();
     // eno1 is enslaved: its current address is the bond's, its permanent one is its own.
     assert_eq!(by("eno1").mac_address, "3c:fd:fe:a1:b2:c0");
@@ -92,7 +95,11 @@ fn server_interfaces_bonds_vlans_and_two_vendors() {
     );
     let bcm = by("ens2f0");
     assert_eq!(
-        (bcm.vendor.as_deref(), bcm.product.as_deref(), bcm.pci_address.as_deref()),
+        (
+            bcm.vendor.as_deref(),
+            bcm.product.as_deref(),
+            bcm.pci_address.as_deref()
+        ),
         (Some("0x14e4"), Some("0x16d8"), Some("0000:5e:00.0"))
     );
     assert_eq!(bcm.ipv4_address.as_deref(), Some("10.1.0.30"));
@@ -101,7 +108,10 @@ fn server_interfaces_bonds_vlans_and_two_vendors() {
     assert!(!by("ens2f1").has_carrier);
     assert_eq!(by("ens2f1").speed_mbps, None);
     assert_eq!(inv.boot.current_boot_mode, "uefi");
-    assert_eq!(inv.boot.pxe_interface.as_deref(), Some("01-3c-fd-fe-a1-b2-c0"));
+    assert_eq!(
+        inv.boot.pxe_interface.as_deref(),
+        Some("01-3c-fd-fe-a1-b2-c0")
+    );
     assert_eq!(d.boot_interface, inv.boot.pxe_interface);
 }
 
@@ -126,14 +136,28 @@ fn server_disks_nvme_sas_sata() {
     let sas = &disks[1];
     assert_eq!(
         (&sas["tran"], &sas["vendor"], &sas["model"], &sas["hctl"]),
-        (&json!("sas"), &json!("SEAGATE"), &json!("ST2000NM0135"), &json!("0:0:0:0"))
+        (
+            &json!("sas"),
+            &json!("SEAGATE"),
+            &json!("ST2000NM0135"),
+            &json!("0:0:0:0")
+        )
     );
-    assert_eq!(sas["serial"], "ZC20ABCD", "udev's SCSI serial comes first, as in lsblk");
+    assert_eq!(
+        sas["serial"], "ZC20ABCD",
+        "udev's SCSI serial comes first, as in lsblk"
+    );
     assert_eq!(sas["wwn_with_extension"], "0x5000c500a1b2c3d4");
     assert_eq!(sas["physical_sectors"], 4096);
-    assert_eq!(sas["by_path"], "/dev/disk/by-path/pci-0000:3b:00.0-sas-phy0-lun-0");
+    assert_eq!(
+        sas["by_path"],
+        "/dev/disk/by-path/pci-0000:3b:00.0-sas-phy0-lun-0"
+    );
     let sata = &disks[3];
-    assert_eq!((&sata["tran"], &sata["vendor"]), (&json!("sata"), &json!("ATA")));
+    assert_eq!(
+        (&sata["tran"], &sata["vendor"]),
+        (&json!("sata"), &json!("ATA"))
+    );
     assert_eq!(sata["rotational"], false);
     // The deploy's choice without hints: the smallest disk of at least 4 GiB.
     assert_eq!(d.root_disk.unwrap().name, "/dev/sdc");
@@ -150,8 +174,7 @@ fn server_cpu_memory_and_vendor() {
     assert_eq!(inv.memory.physical_mb, Some(32768));
     assert_eq!(inv.memory.total, Some(32630064 * 1024));
     assert_eq!(
-        inv.system_vendor.product_name,
-        "PowerEdge R640 (SKU=NotProvided;ModelName=PowerEdge R640)",
+        inv.system_vendor.product_name, "PowerEdge R640 (SKU=NotProvided;ModelName=PowerEdge R640)",
         "lshw appends the SKU"
     );
     assert_eq!(inv.system_vendor.serial_number, "7XK4Q13");
@@ -162,7 +185,10 @@ fn server_cpu_memory_and_vendor() {
 fn machine_without_dmi() {
     let (_, d) = default_data("no-dmi");
     let inv = d.inventory.unwrap();
-    assert_eq!(inv.system_vendor.product_name, "Raspberry Pi 4 Model B Rev 1.4");
+    assert_eq!(
+        inv.system_vendor.product_name,
+        "Raspberry Pi 4 Model B Rev 1.4"
+    );
     assert_eq!(inv.system_vendor.serial_number, "10000000abcdef01");
     assert_eq!(inv.system_vendor.manufacturer, "");
     assert_eq!(inv.system_vendor.firmware.vendor, "");
@@ -256,7 +282,12 @@ fn pci_devices_collector() {
 fn lldp_setting_fills_every_interface() {
     let mut lldp = model::LldpMap::new();
     lldp.insert("eth0".into(), vec![(1, "0400".into())]);
-    let (inv, _) = inventory(&tree("virtio-vm"), &Options::quick(), Some(&lldp), &mut vec![]);
+    let (inv, _) = inventory(
+        &tree("virtio-vm"),
+        &Options::quick(),
+        Some(&lldp),
+        &mut vec![],
+    );
     assert_eq!(inv.interfaces[0].lldp, Some(vec![(1, "0400".to_string())]));
     assert_eq!(inv.interfaces[1].lldp, Some(vec![]));
     let v = serde_json::to_value(&inv.interfaces[0]).unwrap();
@@ -267,10 +298,23 @@ fn lldp_setting_fills_every_interface() {
 fn dhcp_wait_ends_when_the_pxe_nic_has_an_address() {
     let m = tree("virtio-vm");
     let t = std::time::Duration::from_secs(30);
-    assert!(net::wait_for_dhcp(&m, Some("01-52-54-00-12-34-56"), false, t));
+    assert!(net::wait_for_dhcp(
+        &m,
+        Some("01-52-54-00-12-34-56"),
+        false,
+        t
+    ));
     // eth1 never gets one: a short wait gives up.
     let short = std::time::Duration::from_millis(10);
     assert!(!net::wait_for_dhcp(&m, None, true, short));
-    assert!(!net::wait_for_dhcp(&m, None, false, t), "no BOOTIF: IPA does not wait");
-    assert!(net::wait_for_dhcp(&m, None, false, std::time::Duration::ZERO));
+    assert!(
+        !net::wait_for_dhcp(&m, None, false, t),
+        "no BOOTIF: IPA does not wait"
+    );
+    assert!(net::wait_for_dhcp(
+        &m,
+        None,
+        false,
+        std::time::Duration::ZERO
+    ));
 }
