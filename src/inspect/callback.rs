@@ -289,6 +289,39 @@ mod tests {
     }
 
     #[test]
+    fn the_kernel_command_line_turns_inspection_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmdline = dir.path().join("cmdline");
+        std::fs::write(
+            &cmdline,
+            "BOOTIF=01-52-54-00-12-34-56 ipa-api-url=http://10.0.0.1:6385 \
+             ipa-inspection-callback-url=http://10.0.0.1:6385/v1/continue_inspection \
+             ipa-inspection-collectors=default,pci-devices ipa-collect-lldp=1\n",
+        )
+        .unwrap();
+        let mut flags = std::collections::BTreeMap::new();
+        flags.insert("cmdline".to_string(), cmdline.display().to_string());
+        flags.insert("config".to_string(), "/dev/null".to_string());
+        let s = Settings::load(&flags, &Default::default()).unwrap();
+        assert_eq!(
+            callback_urls(&s),
+            Some(vec![
+                "http://10.0.0.1:6385/v1/continue_inspection".to_string()
+            ])
+        );
+        let names: Vec<&str> = s
+            .inspection_collectors
+            .as_ref()
+            .unwrap()
+            .0
+            .iter()
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(names, ["default", "pci-devices"]);
+        assert!(s.collect_lldp);
+    }
+
+    #[test]
     fn urls_follow_ipa() {
         let mut s = Settings::defaults().unwrap();
         assert_eq!(callback_urls(&s), None);
