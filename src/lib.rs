@@ -13,7 +13,8 @@
 //! - [`cli`]: the `rivet` command line;
 //! - [`external`]: running the few external tools rivet needs;
 //! - [`errors`]: IPA's error types, as the conductor sees them;
-//! - [`system`]: what `system.lockdown` does to the machine (network interfaces down).
+//! - [`system`]: what `system.lockdown` does to the machine (network interfaces down);
+//! - [`inspect`]: the hardware inventory and the inspection POST before lookup.
 
 pub mod agent;
 pub mod boot;
@@ -27,4 +28,5 @@ pub mod erase;
 pub mod errors;
 pub(crate) mod external;
 pub mod image;
+pub mod inspect;
 pub mod system;

@@ -145,7 +145,20 @@ pub fn resolve(
             "collect_system_logs" => {
                 Params::new(cmd, params, &[])?;
                 Ok(Prepared::Sync(Box::new(move |_| {
-                    log::collect_system_logs(&a.logs).map(Outcome::Json)
+                    let extra = crate::inspect::callback::log_files(None);
+                    log::collect_system_logs_with(&a.logs, extra).map(Outcome::Json)
+                })))
+            }
+            _ => Err(unknown()),
+        },
+        "poll" => match cmd {
+            "get_hardware_info" => {
+                Params::new(cmd, params, &[])?;
+                Ok(Prepared::Sync(Box::new(move |_| {
+                    let inv = crate::inspect::hardware_info(&a.settings());
+                    serde_json::to_value(inv)
+                        .map(Outcome::Json)
+                        .map_err(|e| AgentError::CommandExecution(e.to_string()))
                 })))
             }
             _ => Err(unknown()),

@@ -77,6 +77,15 @@ const COMMANDS: &[(&str, &str, &[&str])] = &[
 
 /// `log.collect_system_logs`: `{"system_logs": <base64 of a tar.gz>}`.
 pub fn collect_system_logs(logs: &LogBuffer) -> Result<Value, AgentError> {
+    collect_system_logs_with(logs, vec![])
+}
+
+/// [`collect_system_logs`] with more files in the archive (name, content): the journal,
+/// the inventory and udev's view of each disk ([`crate::inspect::callback::log_files`]).
+pub fn collect_system_logs_with(
+    logs: &LogBuffer,
+    extra: Vec<(String, Vec<u8>)>,
+) -> Result<Value, AgentError> {
     let fail =
         |e: std::io::Error| AgentError::CommandExecution(format!("Cannot collect logs: {e}"));
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -103,6 +112,9 @@ pub fn collect_system_logs(logs: &LogBuffer) -> Result<Value, AgentError> {
             }
             Err(e) => tracing::debug!("{cmd}: {e}"),
         }
+    }
+    for (name, data) in &extra {
+        add(name, data).map_err(fail)?;
     }
     let gz = tar.into_inner().map_err(fail)?;
     let bytes = gz.finish().map_err(fail)?;

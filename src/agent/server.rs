@@ -139,6 +139,9 @@ pub async fn run(agent: Arc<Agent>) -> Result<(), ServeError> {
     }
     let mut r = start(&agent).await?;
     let listen = |e: std::io::Error| ServeError::Listen(r.addr, e);
+    // IPA inspects before lookup: the node is found by the inventory's MACs, and lookup then
+    // carries the node uuid inspection answered.
+    crate::inspect::callback::run_before_lookup(&agent).await;
     let heartbeats = async {
         match r.ironic.take() {
             Some(i) => ironic::run(Arc::clone(&agent), i, r.verify_ca.take()).await,

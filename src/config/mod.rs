@@ -26,6 +26,7 @@ pub use value::{
 };
 
 use crate::image::fetch::FetchConfig;
+use crate::inspect::{CallbackUrls, Collectors};
 
 /// One option as the flag table and `--help` see it.
 pub struct OptionSpec {
@@ -202,6 +203,18 @@ settings! {
     enable_bios_bootloader_install: bool = Some("false");
     /// Skip looking for a BMC (Ironic's lookup config can set it)
     agent_skip_bmc_detect: bool = Some("false");
+    /// Where to POST the inspection inventory before lookup (comma-separated URLs; IPA's ipa-inspection-callback-url)
+    inspection_callback_url: CallbackUrls = None;
+    /// Inspection collectors, comma-separated: default, logs, pci-devices, lldp (unset: default,logs; set with api_url: inspect at <api_url>/v1/continue_inspection)
+    inspection_collectors: Option<Collectors> = None;
+    /// Seconds to wait for the PXE interface's DHCP address before inspecting (0: do not wait)
+    inspection_dhcp_wait_timeout: Secs = Some("60");
+    /// Wait for every interface's DHCP address before inspecting, not only the PXE one
+    inspection_dhcp_all_interfaces: bool = Some("false");
+    /// Listen for LLDP on every interface and report it in the inventory
+    collect_lldp: bool = Some("false");
+    /// Seconds to wait for LLDP frames
+    lldp_timeout: Secs = Some("30");
     /// Where UEFI variables are (efivarfs); the machine counts as booted in UEFI mode when
     /// this directory exists (tests point it at a directory standing in for efivarfs)
     efivars_dir: PathBuf = Some("/sys/firmware/efi/efivars");
