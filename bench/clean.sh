@@ -56,6 +56,9 @@ if ((${#need_pkgs[@]})); then
 fi
 export LVM_SUPPRESS_FD_WARNINGS=1
 
+# Before lib.sh's cleanup detaches the loop devices: a loop device keeps its
+# BLKPG partitions after it is detached, so drop them first.
+cleanup_hook() { [[ -n ${T_DEV[meta]:-} ]] && partx -d "${T_DEV[meta]}" >/dev/null 2>&1; return 0; }
 make_workspace rivet-clean
 ensure_ipa_venv
 if [[ ! -x $PROBE ]]; then
