@@ -8,8 +8,8 @@
 //!   (`examples/erase_rng_speed.rs`, one core): AES-128-CTR 4.6 GB/s, rand_chacha ChaCha8
 //!   2.6 GB/s and ChaCha12 1.8 GB/s in release builds; in debug builds ChaCha drops to
 //!   10 MB/s while aws-lc (C and assembly) stays at 4.6 GB/s.
-//! - Generation runs on its own thread, ahead of the writers, through a ring of four 4 MiB
-//!   page-aligned buffers (no copies: the keystream is XORed in place over the buffer's
+//! - Generation runs on two threads of its own (alternate chunks), ahead of the writers,
+//!   through a ring of six 4 MiB page-aligned buffers (no copies: the keystream is XORed in place over the buffer's
 //!   previous contents, which keeps it pseudorandom and saves clearing it).
 //! - Writes are O_DIRECT `pwrite`s of 4 MiB (what `dd bs=4M oflag=direct` does), from two
 //!   writer threads, so one write is queued while the other completes (dd keeps one in
@@ -39,7 +39,10 @@ use super::kernel::{self, QueueLimits};
 pub(crate) const CHUNK: usize = 4 << 20;
 /// Writes in flight at once (dd has one; two keep the device busy while a thread waits).
 const WRITERS: usize = 2;
-const RING: usize = WRITERS + 2;
+/// Threads generating random data (AES-CTR runs at ~4.6 GB/s per core: one thread could
+/// cap a fast NVMe drive, or fall behind when other work shares the cores).
+const GENERATORS: usize = 2;
+const RING: usize = WRITERS + GENERATORS + 2;
 const ALIGN: usize = 4096;
 const ZEROOUT_STEP: u64 = 1 << 30;
 
@@ -192,11 +195,11 @@ fn sync(disk: &Disk, direct: &File) -> Result<(), DeviceError> {
         .map_err(|e| DeviceError::new(disk.path(), "flushing", e))
 }
 
-/// One pass of random data: a generator thread fills buffers, `WRITERS` threads write them.
+/// One pass of random data: `GENERATORS` threads fill buffers, `WRITERS` threads write them.
 fn random_pass(disk: &Disk, direct: &File, progress: &EraseProgress) -> Result<(), DeviceError> {
     let stream = Keystream::new().map_err(|e| DeviceError::new(disk.path(), "keying", e))?;
-    // Capacity RING each: the generator holds at most the RING buffers, so its sends never
-    // block, and it ends once every writer has dropped its end of `free`.
+    // Capacity RING each: the generators hold at most the RING buffers, so their sends never
+    // block, and they end once every writer has dropped its end of `free`.
     let (free_tx, free_rx) = sync_channel::<AlignedBuf>(RING);
     let (full_tx, full_rx) = sync_channel::<(u64, usize, AlignedBuf)>(RING);
     for _ in 0..RING {
@@ -204,10 +207,17 @@ fn random_pass(disk: &Disk, direct: &File, progress: &EraseProgress) -> Result<(
         let _ = free_tx.send(AlignedBuf::new(CHUNK));
     }
     let full_rx = Mutex::new(full_rx);
+    let free_rx = Mutex::new(free_rx);
     let stop = AtomicBool::new(false);
     let size = disk.size;
     std::thread::scope(|s| {
-        let generator = s.spawn(move || generate(&stream, size, free_rx, full_tx));
+        let generators: Vec<_> = (0..GENERATORS)
+            .map(|k| {
+                let (stream, free, full) = (&stream, &free_rx, full_tx.clone());
+                s.spawn(move || generate(stream, size, k, free, full))
+            })
+            .collect();
+        drop(full_tx);
         let writers: Vec<_> = (0..WRITERS)
             .map(|_| {
                 let free = free_tx.clone();
@@ -229,22 +239,33 @@ fn random_pass(disk: &Disk, direct: &File, progress: &EraseProgress) -> Result<(
                 result = r;
             }
         }
-        let generated = generator
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("generator thread panicked")));
-        result?;
-        generated.map_err(|e| DeviceError::new(disk.path(), "generating random data for", e))
+        for g in generators {
+            let r = g
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("generator thread panicked")))
+                .map_err(|e| DeviceError::new(disk.path(), "generating random data for", e));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
     })
 }
 
+/// Generator `k` of `GENERATORS` fills every GENERATORS-th chunk, starting at chunk `k`.
 fn generate(
     stream: &Keystream,
     size: u64,
-    free: Receiver<AlignedBuf>,
+    k: usize,
+    free: &Mutex<Receiver<AlignedBuf>>,
     full: SyncSender<(u64, usize, AlignedBuf)>,
 ) -> std::io::Result<()> {
-    for (off, len) in chunks(size) {
-        let Ok(mut buf) = free.recv() else {
+    for (off, len) in chunks(size).skip(k).step_by(GENERATORS) {
+        let next = match free.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return Err(std::io::Error::other("generator lock poisoned")),
+        };
+        let Ok(mut buf) = next else {
             return Ok(()); // the writers stopped; they report why
         };
         stream.apply(buf.get_mut(len), off)?;
