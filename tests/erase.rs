@@ -121,7 +121,13 @@ fn add_kernel_partition(disk: &Path, pno: i32, start: u64, len: u64) {
     // SAFETY: BLKPG reads both structs, alive for the call.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x1269, &mut a as *mut Arg) };
     let err = std::io::Error::last_os_error();
-    assert_eq!(rc, 0, "BLKPG add {pno} to {}: {err}; kernel partitions: {:?}", disk.display(), kernel_partitions(disk));
+    assert_eq!(
+        rc,
+        0,
+        "BLKPG add {pno} to {}: {err}; kernel partitions: {:?}",
+        disk.display(),
+        kernel_partitions(disk)
+    );
 }
 
 /// Deletes the disk's kernel partitions on drop, even when the test failed (a loop device
