@@ -36,6 +36,16 @@ fn probe(devs: &[&Path], args: &[&str]) -> Value {
     })
 }
 
+/// Deletes the disk's kernel partitions on drop, even when the test failed (a loop device
+/// keeps its BLKPG partitions after it is detached). Declare it after the `LoopDev`.
+struct DropPartitions(PathBuf);
+
+impl Drop for DropPartitions {
+    fn drop(&mut self) {
+        let _ = run("partx", &["-d", &self.0.display().to_string()]);
+    }
+}
+
 #[test]
 fn metadata_erase_leaves_nothing_on_a_gpt_disk() {
     if !loop_devices_available("metadata_erase_leaves_nothing_on_a_gpt_disk") {
@@ -65,6 +75,7 @@ fn metadata_erase_leaves_nothing_on_a_gpt_disk() {
         ranges.push((start * MIB, size * MIB));
     }
     flush(&disk.dev);
+    let _parts = DropPartitions(disk.dev.clone());
     add_kernel_partition(&disk.dev, 1, MIB, 33 * MIB);
     add_kernel_partition(&disk.dev, 2, 34 * MIB, 32 * MIB);
     assert!(blkid(&disk.dev).unwrap().contains("PTTYPE=gpt"));
@@ -245,16 +256,20 @@ fn random_only_overwrite_leaves_random_data() {
     }
 }
 
-/// A mounted ext4 on a kernel partition; unmounted and removed on drop.
+/// A mounted ext4 on kernel partition 1 of `disk`; unmounted and the partition deleted on
+/// drop (a loop device keeps its BLKPG partitions after it is detached).
 struct Mounted {
     point: PathBuf,
-    part: PathBuf,
+    disk: PathBuf,
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = run("umount", &[&self.point.display().to_string()]);
-        let _ = std::fs::remove_file(&self.part);
+        let _ = run(
+            "partx",
+            &["-d", "--nr", "1", &self.disk.display().to_string()],
+        );
     }
 }
 
@@ -283,7 +298,7 @@ fn a_device_with_a_mounted_partition_is_refused() {
     );
     let _m = Mounted {
         point: point.clone(),
-        part: part.clone(),
+        disk: disk.dev.clone(),
     };
 
     let r = probe(&[&disk.dev], &["devices"]);

@@ -158,7 +158,7 @@ pub fn execute_bootc_install(
         tpm2_luks: false,
         containers_conf_dir: settings.containers_conf_dir.clone(),
     }
-    .from_instance_info(instance_info);
+    .with_instance_info(instance_info);
     bootc::install(&req)?;
     partitions::check_after_write(&device)?;
     if let Some(cd) = configdrive.filter(|c| !c.is_empty()) {

@@ -33,7 +33,7 @@ pub struct BootcRequest {
 
 impl BootcRequest {
     /// Reads the bootc settings of a node's `instance_info`.
-    pub fn from_instance_info(mut self, instance_info: &Value) -> Self {
+    pub fn with_instance_info(mut self, instance_info: &Value) -> Self {
         self.authorized_keys = instance_info
             .get("bootc_authorized_keys")
             .and_then(Value::as_str)
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn instance_info_settings() {
-        let r = req().from_instance_info(
+        let r = req().with_instance_info(
             &json!({"bootc_authorized_keys": "ssh-ed25519 AAA", "bootc_tpm2_luks": "true"}),
         );
         assert_eq!(r.authorized_keys.as_deref(), Some("ssh-ed25519 AAA"));

@@ -8,21 +8,25 @@
 //!   (`examples/erase_rng_speed.rs`, one core): AES-128-CTR 4.6 GB/s, rand_chacha ChaCha8
 //!   2.6 GB/s and ChaCha12 1.8 GB/s in release builds; in debug builds ChaCha drops to
 //!   10 MB/s while aws-lc (C and assembly) stays at 4.6 GB/s.
-//! - Generation runs on its own thread, one buffer ahead of the writer, through a ring of
-//!   three 4 MiB page-aligned buffers (no copies: the keystream is XORed in place over the
-//!   buffer's previous contents, which keeps it pseudorandom and saves clearing it).
-//! - Writes are O_DIRECT `pwrite`s of 4 MiB (what `dd bs=4M oflag=direct` does), with one
-//!   `fdatasync` at the end of each pass to flush the device's write cache.
+//! - Generation runs on two threads of its own (alternate chunks), ahead of the writers,
+//!   through a ring of six 4 MiB page-aligned buffers (no copies: the keystream is XORed in place over the buffer's
+//!   previous contents, which keeps it pseudorandom and saves clearing it).
+//! - Writes are O_DIRECT `pwrite`s of 4 MiB (what `dd bs=4M oflag=direct` does), from two
+//!   writer threads, so one write is queued while the other completes (dd keeps one in
+//!   flight; a device idles between its writes), with one `fdatasync` at the end of each
+//!   pass to flush the device's write cache.
 //! - The zero pass uses BLKZEROOUT when the device offloads it (`write_zeroes_max_bytes` >
 //!   0: Write Zeroes / WRITE SAME; the kernel guarantees zeroes), in 1 GiB steps so progress
-//!   and cancellation still work; otherwise O_DIRECT writes of one zeroed buffer.
+//!   and cancellation still work; otherwise O_DIRECT writes of one shared zeroed buffer,
+//!   from two threads as well.
 //!
 //! Progress is a byte counter shared with the caller; cancellation is checked between
 //! writes.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
 
 use aws_lc_rs::cipher::{EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128};
 use aws_lc_rs::iv::FixedLength;
@@ -33,7 +37,12 @@ use super::kernel::{self, QueueLimits};
 
 /// Size of one write (and of each ring buffer).
 pub(crate) const CHUNK: usize = 4 << 20;
-const RING: usize = 3;
+/// Writes in flight at once (dd has one; two keep the device busy while a thread waits).
+const WRITERS: usize = 2;
+/// Threads generating random data (AES-CTR runs at ~4.6 GB/s per core: one thread could
+/// cap a fast NVMe drive, or fall behind when other work shares the cores).
+const GENERATORS: usize = 2;
+const RING: usize = WRITERS + GENERATORS + 2;
 const ALIGN: usize = 4096;
 const ZEROOUT_STEP: u64 = 1 << 30;
 
@@ -186,37 +195,78 @@ fn sync(disk: &Disk, direct: &File) -> Result<(), DeviceError> {
         .map_err(|e| DeviceError::new(disk.path(), "flushing", e))
 }
 
-/// One pass of random data: a generator thread fills buffers, this thread writes them.
+/// One pass of random data: `GENERATORS` threads fill buffers, `WRITERS` threads write them.
 fn random_pass(disk: &Disk, direct: &File, progress: &EraseProgress) -> Result<(), DeviceError> {
     let stream = Keystream::new().map_err(|e| DeviceError::new(disk.path(), "keying", e))?;
+    // Capacity RING each: the generators hold at most the RING buffers, so their sends never
+    // block, and they end once every writer has dropped its end of `free`.
     let (free_tx, free_rx) = sync_channel::<AlignedBuf>(RING);
     let (full_tx, full_rx) = sync_channel::<(u64, usize, AlignedBuf)>(RING);
     for _ in 0..RING {
         // Cannot fail: the channel has room for RING buffers and its receiver is alive.
         let _ = free_tx.send(AlignedBuf::new(CHUNK));
     }
+    let full_rx = Mutex::new(full_rx);
+    let free_rx = Mutex::new(free_rx);
+    let stop = AtomicBool::new(false);
     let size = disk.size;
     std::thread::scope(|s| {
-        let generator = s.spawn(move || generate(&stream, size, free_rx, full_tx));
-        let written = write_filled(disk, direct, progress, full_rx, free_tx);
-        // The writer dropped its channel ends, so the generator stops too.
-        let generated = generator
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("generator thread panicked")));
-        written?;
-        generated.map_err(|e| DeviceError::new(disk.path(), "generating random data for", e))
+        let generators: Vec<_> = (0..GENERATORS)
+            .map(|k| {
+                let (stream, free, full) = (&stream, &free_rx, full_tx.clone());
+                s.spawn(move || generate(stream, size, k, free, full))
+            })
+            .collect();
+        drop(full_tx);
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let free = free_tx.clone();
+                let (full, stop) = (&full_rx, &stop);
+                s.spawn(move || write_filled(disk, direct, progress, full, free, stop))
+            })
+            .collect();
+        drop(free_tx);
+        let mut result = Ok(());
+        for w in writers {
+            let r = w.join().unwrap_or_else(|_| {
+                Err(DeviceError::other(
+                    disk.path(),
+                    "writing",
+                    "writer thread panicked",
+                ))
+            });
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        for g in generators {
+            let r = g
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("generator thread panicked")))
+                .map_err(|e| DeviceError::new(disk.path(), "generating random data for", e));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
     })
 }
 
+/// Generator `k` of `GENERATORS` fills every GENERATORS-th chunk, starting at chunk `k`.
 fn generate(
     stream: &Keystream,
     size: u64,
-    free: Receiver<AlignedBuf>,
+    k: usize,
+    free: &Mutex<Receiver<AlignedBuf>>,
     full: SyncSender<(u64, usize, AlignedBuf)>,
 ) -> std::io::Result<()> {
-    for (off, len) in chunks(size) {
-        let Ok(mut buf) = free.recv() else {
-            return Ok(()); // the writer stopped; it reports why
+    for (off, len) in chunks(size).skip(k).step_by(GENERATORS) {
+        let next = match free.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return Err(std::io::Error::other("generator lock poisoned")),
+        };
+        let Ok(mut buf) = next else {
+            return Ok(()); // the writers stopped; they report why
         };
         stream.apply(buf.get_mut(len), off)?;
         if full.send((off, len, buf)).is_err() {
@@ -226,47 +276,90 @@ fn generate(
     Ok(())
 }
 
+/// One writer: takes filled buffers until the generator is done or something failed.
 fn write_filled(
     disk: &Disk,
     direct: &File,
     progress: &EraseProgress,
-    full: Receiver<(u64, usize, AlignedBuf)>,
+    full: &Mutex<Receiver<(u64, usize, AlignedBuf)>>,
     free: SyncSender<AlignedBuf>,
+    stop: &AtomicBool,
 ) -> Result<(), DeviceError> {
-    for (off, len, buf) in full.iter() {
+    let fail = |e: DeviceError| {
+        stop.store(true, Ordering::Relaxed);
+        Err(e)
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let next = match full.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => {
+                return fail(DeviceError::other(
+                    disk.path(),
+                    "writing",
+                    "writer lock poisoned",
+                ))
+            }
+        };
+        // Also the end when the generator failed early: its own error says why.
+        let Ok((off, len, buf)) = next else { break };
         if progress.cancel.load(Ordering::Relaxed) {
-            return Err(cancelled(disk));
+            return fail(cancelled(disk));
         }
-        pwrite_all(direct, buf.get(len), off).map_err(|e| {
-            DeviceError::new(
+        if let Err(e) = pwrite_all(direct, buf.get(len), off) {
+            return fail(DeviceError::new(
                 disk.path(),
                 format!("writing random data at byte {off} of"),
                 e,
-            )
-        })?;
+            ));
+        }
         progress.done.fetch_add(len as u64, Ordering::Relaxed);
         let _ = free.send(buf);
     }
-    // Also reached when the generator failed early: its own error says why.
     Ok(())
 }
 
+/// The zero pass by writes: `WRITERS` threads write one shared zeroed buffer.
 fn zero_write_pass(
     disk: &Disk,
     direct: &File,
     progress: &EraseProgress,
 ) -> Result<(), DeviceError> {
     let zeros = AlignedBuf::new(CHUNK);
-    for (off, len) in chunks(disk.size) {
-        if progress.cancel.load(Ordering::Relaxed) {
-            return Err(cancelled(disk));
+    let all: Vec<(u64, usize)> = chunks(disk.size).collect();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let writer = || -> Result<(), DeviceError> {
+        while !stop.load(Ordering::Relaxed) {
+            let Some(&(off, len)) = all.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            let r = if progress.cancel.load(Ordering::Relaxed) {
+                Err(cancelled(disk))
+            } else {
+                pwrite_all(direct, zeros.get(len), off).map_err(|e| {
+                    DeviceError::new(disk.path(), format!("writing zeroes at byte {off} of"), e)
+                })
+            };
+            if r.is_err() {
+                stop.store(true, Ordering::Relaxed);
+                return r;
+            }
+            progress.done.fetch_add(len as u64, Ordering::Relaxed);
         }
-        pwrite_all(direct, zeros.get(len), off).map_err(|e| {
-            DeviceError::new(disk.path(), format!("writing zeroes at byte {off} of"), e)
-        })?;
-        progress.done.fetch_add(len as u64, Ordering::Relaxed);
-    }
-    Ok(())
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..WRITERS).map(|_| s.spawn(writer)).collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(DeviceError::other(
+                    disk.path(),
+                    "writing",
+                    "writer thread panicked",
+                ))
+            })
+        })
+    })
 }
 
 fn zeroout_pass(disk: &Disk, progress: &EraseProgress) -> Result<(), DeviceError> {

@@ -94,7 +94,14 @@ pub fn add_kernel_partition(disk: &Path, pno: i32, start: u64, len: u64) {
     };
     // SAFETY: BLKPG reads both structs, alive for the call.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x1269, &mut a as *mut Arg) };
-    assert_eq!(rc, 0, "BLKPG add: {}", std::io::Error::last_os_error());
+    let err = std::io::Error::last_os_error();
+    assert_eq!(
+        rc,
+        0,
+        "BLKPG add {pno} to {}: {err}; kernel partitions: {:?}",
+        disk.display(),
+        kernel_partitions(disk)
+    );
 }
 
 pub fn kernel_partitions(disk: &Path) -> Vec<String> {
