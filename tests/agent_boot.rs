@@ -17,22 +17,7 @@ const TOKEN: &str = "boot-token-0123456789abcdef0123456789abcdef";
 const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 
 fn drive(py: &str, agent: &AgentProc, args: &[&str]) -> (i32, Value, String) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ironic/drive_steps.py");
-    let out = Command::new(py)
-        .arg(script)
-        .args(["--agent-url", &agent.url(), "--token", TOKEN])
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or(Value::Null);
-    let diag = format!(
-        "{stdout}\n{}\n--- agent log ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log_text()
-    );
-    (out.status.code().unwrap_or(-1), v, diag)
+    common::drive_steps(py, agent, TOKEN, args)
 }
 
 /// A variable's bytes (attributes word included), if it exists.

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::disks::{assert_clean, blkid, flush, make_fs, run, sfdisk, tempdir};
 use common::{ironic_python, loop_devices_available, AgentProc, LoopDev};
@@ -35,30 +34,11 @@ fn clean_args(
     properties: &Value,
     extra: &[&str],
 ) -> (Value, String) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ironic/drive_steps.py");
-    let out = Command::new(py)
-        .arg(script)
-        .args([
-            "--agent-url",
-            &a.url(),
-            "--token",
-            TOKEN,
-            "--scenario",
-            "clean",
-        ])
-        .args(["--step", step, "--dii", &dii.to_string()])
-        .args(["--properties", &properties.to_string(), "--timeout", "300"])
-        .args(extra)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or(Value::Null);
-    let diag = format!(
-        "{stdout}\n{}\n--- agent log ---\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        a.log_text()
-    );
+    let (dii, properties) = (dii.to_string(), properties.to_string());
+    let mut args = vec!["--scenario", "clean", "--step", step, "--dii", &dii];
+    args.extend(["--properties", &properties, "--timeout", "300"]);
+    args.extend(extra);
+    let (_, v, diag) = common::drive_steps(py, a, TOKEN, &args);
     (v, diag)
 }
 

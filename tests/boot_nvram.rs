@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rivet::boot::efivars::{boot_name, VarStore, EFI_GLOBAL_GUID, NV_BS_RT};
 use rivet::boot::entries::{clean_uefi_nvram, read_entries, register_loaders};
@@ -13,35 +12,9 @@ use rivet::boot::load_option::{HardDrive, LoadOption, PartitionSignature};
 use rivet::boot::{devpath_text, BootError};
 use serde_json::json;
 
-fn have(test: &str, tools: &[&str]) -> bool {
-    for t in tools {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            eprintln!("SKIPPED {test}: {t} is not installed");
-            return false;
-        }
-    }
-    true
-}
+mod common;
 
-fn run(cmd: &str, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::esp::{have, run};
 
 fn var_file(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}-{EFI_GLOBAL_GUID}"))

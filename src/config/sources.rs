@@ -107,19 +107,10 @@ pub(super) fn json_text(v: &serde_json::Value) -> String {
 }
 
 fn toml_text(v: &toml::Value) -> String {
-    match v {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Array(a) => a
-            .iter()
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| x.to_string())
-            })
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
-    }
+    // One set of rules for both: a TOML value is first turned into its JSON twin.
+    serde_json::to_value(v)
+        .map(|j| json_text(&j))
+        .unwrap_or_else(|_| v.to_string())
 }
 
 /// The file's keys must all be options: a typo is an error, not a silent default.

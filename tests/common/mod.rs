@@ -663,3 +663,29 @@ pub fn example_bin(name: &str) -> PathBuf {
     }
     path
 }
+
+/// Runs `tests/ironic/drive_steps.py` (Ironic's own AgentClient) against `agent`; returns its
+/// exit code, its JSON line and a diagnostic text with the agent's log for assertions.
+pub fn drive_steps(
+    py: &str,
+    agent: &AgentProc,
+    token: &str,
+    args: &[&str],
+) -> (i32, serde_json::Value, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ironic/drive_steps.py");
+    let out = Command::new(py)
+        .arg(script)
+        .args(["--agent-url", &agent.url(), "--token", token])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+        .unwrap_or(serde_json::Value::Null);
+    let diag = format!(
+        "{stdout}\n{}\n--- agent log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log_text()
+    );
+    (out.status.code().unwrap_or(-1), v, diag)
+}
