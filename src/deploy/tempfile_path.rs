@@ -148,7 +148,7 @@ pub(super) fn deploy(
     // qemu-img writes behind the target's back: from here on the disk counts as written.
     target.mark_touched();
     convert::qemu_img_convert(&path, qemu_format, target.path(), target.is_block())?;
-    let gpt = finish_disk(target, size).map_err(|e| write_error(info, target.path(), &e))?;
+    let gpt = finish_disk(info, target, size)?;
     tracing::info!(image = %info.id, bytes = size, "image converted by qemu-img and written");
     drop(tmp); // removes the copy
     Ok(Written {
