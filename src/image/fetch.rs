@@ -23,9 +23,13 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::StatusCode;
 
 pub use super::http::fetch_bytes;
-use super::http::{auth_header, build_client, error_chain};
+use super::http::{auth_header, build_client, error_chain, read_body, BodyError};
 use super::info::ImageInfo;
 use crate::errors::{AgentError, Result};
+
+/// The largest checksum file accepted: a `*SUMS` file of a whole distribution release is a
+/// few KiB; anything past this is not a checksum file (or never ends).
+pub const MAX_CHECKSUM_FILE: usize = 4 << 20;
 
 /// Download settings that come from the agent's configuration (SPEC §12).
 #[derive(Debug, Clone)]
@@ -216,18 +220,38 @@ impl ImageDownload {
     }
 
     async fn text_once(&self, url: &str) -> std::result::Result<String, Failure> {
+        let too_large = || {
+            Failure::Stop(AgentError::download(
+                url,
+                format!(
+                    "Checksum file {url} is larger than 4 MiB ({MAX_CHECKSUM_FILE} bytes): \
+                     not a checksum file"
+                ),
+            ))
+        };
         if let Some(path) = file_path(url) {
-            return std::fs::read_to_string(&path)
-                .map_err(|e| Failure::Stop(AgentError::download(url, format!("{path}: {e}"))));
+            use std::io::Read;
+            let mut text = Vec::new();
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(MAX_CHECKSUM_FILE as u64 + 1).read_to_end(&mut text))
+                .map_err(|e| Failure::Stop(AgentError::download(url, format!("{path}: {e}"))))?;
+            if text.len() > MAX_CHECKSUM_FILE {
+                return Err(too_large());
+            }
+            return Ok(String::from_utf8_lossy(&text).into_owned());
         }
         let resp = self.send(url, None).await?;
         let status = resp.status();
         if status != StatusCode::OK {
             return Err(status_failure(url, url, resp).await);
         }
-        resp.text()
-            .await
-            .map_err(|e| Failure::Retry(format!("Error reading {url}: {e}")))
+        match read_body(resp, MAX_CHECKSUM_FILE).await {
+            Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Err(BodyError::TooLarge(_)) => Err(too_large()),
+            Err(BodyError::Transport(e)) => {
+                Err(Failure::Retry(format!("Error reading {url}: {e}")))
+            }
+        }
     }
 
     /// Reads the first `n` bytes of the image and its total length, without downloading the

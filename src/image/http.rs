@@ -135,6 +135,33 @@ pub fn build_client(
         .map_err(|e| format!("Cannot build the HTTP client: {}", error_chain(&e)))
 }
 
+/// Why reading a whole body stopped.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// The body is larger than the limit (announced or received).
+    TooLarge(usize),
+    /// The connection failed.
+    Transport(String),
+}
+
+/// Reads a whole body of at most `limit` bytes (a checksum file, a config drive), refusing a
+/// larger one as soon as it is announced or received: never more than `limit` in memory.
+pub(crate) async fn read_body(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let mut out = Vec::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Transport(error_chain(&e)))?;
+        if out.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// Fetches a small resource whole (a config drive given by URL): the TLS settings apply, but
 /// no proxies and no image auth, as IPA does; at most `limit` bytes are accepted.
 pub fn fetch_bytes(

@@ -53,6 +53,12 @@ pub enum Route {
     /// Advertise ranges, cut the first answer after `after` bytes, then answer every range
     /// request with 416 (and plain requests in full).
     Cut416 { data: Arc<Vec<u8>>, after: usize },
+    /// No Content-Length and a body that never ends: `chunk` again and again until the client
+    /// goes away (or `max_secs` pass).
+    Endless { chunk: Arc<Vec<u8>>, max_secs: u64 },
+    /// Claim the full length, then send one byte every `every_ms` (never a stall long enough
+    /// for a stall timeout, yet the body takes `data.len() * every_ms` to arrive).
+    Trickle { data: Arc<Vec<u8>>, every_ms: u64 },
 }
 
 /// One request the server saw.
@@ -211,6 +217,27 @@ fn handle(
             } else {
                 serve(&mut out, &data, true, None, None)
             }
+        }
+        Some(Route::Endless { chunk, max_secs }) => {
+            write!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            let end = std::time::Instant::now() + Duration::from_secs(max_secs);
+            while std::time::Instant::now() < end {
+                out.write_all(&chunk)?;
+            }
+            Ok(())
+        }
+        Some(Route::Trickle { data, every_ms }) => {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                data.len()
+            )?;
+            for b in data.iter() {
+                out.write_all(&[*b])?;
+                out.flush()?;
+                std::thread::sleep(Duration::from_millis(every_ms));
+            }
+            Ok(())
         }
         Some(Route::NoLength { data }) => {
             write!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
