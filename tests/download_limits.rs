@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bytes, sha256, Route, Server};
+use common::{bytes, gpt_image, sha256, Route, Server};
 
 fn deploy(args: &[&str]) -> (Output, Duration) {
     let t = Instant::now();
@@ -87,4 +87,118 @@ fn checksum_files_larger_than_4_mib_are_refused() {
         );
         assert!(took < Duration::from_secs(20), "{checksum}: {took:?}");
     }
+}
+
+#[test]
+fn a_stalled_checksum_file_times_out() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, url, dev) = image(&s, dir.path());
+    let sums = s.route(
+        "/SHA256SUMS",
+        Route::Stall {
+            data: Arc::new(format!("{}  os.img\n", sha256(&data)).into_bytes()),
+            after: 5,
+            secs: 30,
+        },
+    );
+    let (o, took) = deploy(&[
+        "--url",
+        &url,
+        "--device",
+        &dev,
+        "--checksum",
+        &sums,
+        "--retries",
+        "0",
+        "--connection-timeout",
+        "1",
+        "--no-partition-check",
+    ]);
+    let line = last_line(&o);
+    assert!(!o.status.success(), "{line}");
+    assert!(line.contains("Timed out reading"), "{line}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn a_trickling_checksum_file_counts_against_the_max_duration() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, url, dev) = image(&s, dir.path());
+    // 76 bytes at 5 bytes a second: 15 s, never a 1 s stall.
+    let sums = s.route(
+        "/SHA256SUMS",
+        Route::Trickle {
+            data: Arc::new(format!("{}  os.img\n", sha256(&data)).into_bytes()),
+            every_ms: 200,
+        },
+    );
+    let (o, took) = deploy(&[
+        "--url",
+        &url,
+        "--device",
+        &dev,
+        "--checksum",
+        &sums,
+        "--retries",
+        "0",
+        "--connection-timeout",
+        "1",
+        "--max-duration",
+        "2",
+        "--no-partition-check",
+    ]);
+    let line = last_line(&o);
+    assert!(!o.status.success(), "{line}");
+    assert!(
+        line.starts_with("rivet: ImageDownloadTimeoutError: ")
+            && line.contains("max allowed time (2 seconds)"),
+        "{line}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+}
+
+#[test]
+fn a_trickling_config_drive_counts_against_the_max_duration() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(gpt_image(dir.path(), 4 << 20, 72));
+    let url = s.route(
+        "/os.img",
+        Route::Bytes {
+            data: img.clone(),
+            ranges: false,
+        },
+    );
+    let cd = s.route(
+        "/configdrive",
+        Route::Trickle {
+            data: Arc::new(vec![b'A'; 100]),
+            every_ms: 200,
+        },
+    );
+    let dev = dir.path().join("disk").display().to_string();
+    let (o, took) = deploy(&[
+        "--url",
+        &url,
+        "--device",
+        &dev,
+        "--checksum",
+        &sha256(&img),
+        "--configdrive",
+        &cd,
+        "--connection-timeout",
+        "1",
+        "--max-duration",
+        "2",
+    ]);
+    let line = last_line(&o);
+    assert!(!o.status.success(), "{line}");
+    assert!(
+        line.starts_with("rivet: DeploymentError: Can't download the configdrive content")
+            && line.contains("image_download_max_duration"),
+        "{line}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }

@@ -234,6 +234,7 @@ impl Settings {
             auth_user: self.image_server_user.clone(),
             auth_password: self.image_server_password.clone(),
             md5_enabled: self.md5_enabled,
+            deadline: None,
         }
     }
 

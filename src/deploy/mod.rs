@@ -110,6 +110,8 @@ pub struct Deployed {
 /// Runs a deploy from start to finish.
 pub fn run(req: &DeployRequest, progress: Arc<Progress>) -> Result<Deployed, AgentError> {
     let started = Instant::now();
+    // image_download_max_duration covers the whole deploy: config drive, checksum, image.
+    let fetch = req.fetch.starting_now();
     let info = &req.info;
     tracing::info!(image = %info.id, device = %req.device.display(), "deploying");
     if info.is_partition_image() {
@@ -119,7 +121,7 @@ pub fn run(req: &DeployRequest, progress: Arc<Progress>) -> Result<Deployed, Age
             &req.node,
             &req.device,
             req.configdrive.as_deref(),
-            &req.fetch,
+            &fetch,
             &req.opts,
             progress,
         )?;
@@ -141,7 +143,7 @@ pub fn run(req: &DeployRequest, progress: Arc<Progress>) -> Result<Deployed, Age
         Some(cd) if !cd.is_empty() => Some(configdrive_write::materialise(
             info.node_label(),
             cd,
-            &req.fetch,
+            &fetch,
         )?),
         _ => None,
     };
@@ -156,7 +158,7 @@ pub fn run(req: &DeployRequest, progress: Arc<Progress>) -> Result<Deployed, Age
             None
         }
         _ => Some(pipeline::write_image(
-            info, &target, &req.fetch, &req.opts, progress,
+            info, &target, &fetch, &req.opts, progress,
         )?),
     };
     if req.require_partition_table {

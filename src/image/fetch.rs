@@ -60,6 +60,10 @@ pub struct FetchConfig {
     pub auth_password: Option<String>,
     /// `md5_enabled`: whether a 32-character checksum may be md5.
     pub md5_enabled: bool,
+    /// When the whole operation (a deploy: config drive, checksum file, image) must be over:
+    /// set by [`FetchConfig::starting_now`]; `None`: each download counts `max_duration` from
+    /// its own start.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for FetchConfig {
@@ -78,7 +82,27 @@ impl Default for FetchConfig {
             auth_user: None,
             auth_password: None,
             md5_enabled: false,
+            deadline: None,
         }
+    }
+}
+
+impl FetchConfig {
+    /// The same settings, with `max_duration` counted from now for everything fetched with
+    /// them (the deploy orchestrator calls this once, at its start).
+    pub fn starting_now(&self) -> FetchConfig {
+        FetchConfig {
+            deadline: self
+                .deadline
+                .or_else(|| self.max_duration.map(|d| Instant::now() + d)),
+            ..self.clone()
+        }
+    }
+
+    /// How long may still be spent (`None`: no limit).
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -147,7 +171,6 @@ pub struct ImageDownload {
     auth: Option<HeaderValue>,
     progress: Arc<Progress>,
     rt: tokio::runtime::Runtime,
-    started: Instant,
 }
 
 /// How one attempt ended when it did not succeed.
@@ -182,12 +205,13 @@ impl ImageDownload {
         let auth = auth_header(info, cfg)?;
         Ok(ImageDownload {
             info: info.clone(),
-            cfg: cfg.clone(),
+            // max_duration is counted once for every attempt, pass and checksum file (SPEC
+            // §7.6), from the deploy's start when the orchestrator set a deadline.
+            cfg: cfg.starting_now(),
             client,
             auth,
             progress,
             rt,
-            started: Instant::now(),
         })
     }
 
@@ -212,7 +236,7 @@ impl ImageDownload {
                     Err(Failure::Retry(msg)) => {
                         tracing::warn!(url, "fetching checksum file failed, retrying: {msg}");
                         attempt += 1;
-                        tokio::time::sleep(self.cfg.retry_interval).await;
+                        self.pause(self.cfg.retry_interval).await?;
                     }
                 }
             }
@@ -240,14 +264,22 @@ impl ImageDownload {
             }
             return Ok(String::from_utf8_lossy(&text).into_owned());
         }
+        if self.time_left() == Some(Duration::ZERO) {
+            return Err(Failure::Stop(self.timeout_error()));
+        }
         let resp = self.send(url, None).await?;
         let status = resp.status();
         if status != StatusCode::OK {
             return Err(status_failure(url, url, resp).await);
         }
-        match read_body(resp, MAX_CHECKSUM_FILE).await {
+        let (stall, deadline) = (self.cfg.connection_timeout, self.cfg.deadline);
+        match read_body(resp, MAX_CHECKSUM_FILE, stall, deadline).await {
             Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
             Err(BodyError::TooLarge(_)) => Err(too_large()),
+            Err(BodyError::Deadline) => Err(Failure::Stop(self.timeout_error())),
+            Err(BodyError::Stalled(d)) => Err(Failure::Retry(format!(
+                "Timed out reading {url}: no data for {d:?}"
+            ))),
             Err(BodyError::Transport(e)) => {
                 Err(Failure::Retry(format!("Error reading {url}: {e}")))
             }
@@ -292,8 +324,14 @@ impl ImageDownload {
                 };
                 let mut head = Vec::with_capacity(n);
                 let mut body = resp.bytes_stream();
+                // The probe is a shortcut: it gets one stall timeout in all, never past the
+                // operation's deadline (a trickling server cannot hold it for long).
+                let until = tokio::time::Instant::now()
+                    + self.time_left().map_or(self.cfg.connection_timeout, |l| {
+                        l.min(self.cfg.connection_timeout)
+                    });
                 while head.len() < n {
-                    match tokio::time::timeout(self.cfg.connection_timeout, body.next()).await {
+                    match tokio::time::timeout_at(until, body.next()).await {
                         Ok(Some(Ok(c))) => {
                             head.extend_from_slice(&c[..c.len().min(n - head.len())])
                         }
@@ -308,8 +346,8 @@ impl ImageDownload {
 
     /// Downloads the image into `sink`, trying each URL in turn. Returns the URL that worked.
     pub fn run(&mut self, sink: &mut dyn Sink) -> Result<String> {
-        // `started` is set once, in new(): max_duration covers every attempt and pass (SPEC
-        // §7.6), including the pipeline's checksum retries and the temp-file fallback.
+        // The deadline is set once, in new(): max_duration covers every attempt and pass
+        // (SPEC §7.6), including the pipeline's checksum retries and the temp-file fallback.
         let urls = self.info.urls.clone();
         let mut records = Vec::new();
         let mut dirty = false;
@@ -373,9 +411,7 @@ impl ImageDownload {
     }
 
     fn time_left(&self) -> Option<Duration> {
-        self.cfg
-            .max_duration
-            .map(|m| m.saturating_sub(self.started.elapsed()))
+        self.cfg.time_left()
     }
 
     fn timeout_error(&self) -> AgentError {
@@ -399,8 +435,16 @@ impl ImageDownload {
                 .header(header::RANGE, format!("bytes={from}-"))
                 .header(header::IF_RANGE, validator.clone());
         }
-        // The connect timeout is on the client; this bounds the wait for the response head.
-        match tokio::time::timeout(self.cfg.connection_timeout, req.send()).await {
+        // The connect timeout is on the client; this bounds the wait for the response head,
+        // never past the max duration.
+        let wait = match self.time_left() {
+            Some(left) => left.min(self.cfg.connection_timeout),
+            None => self.cfg.connection_timeout,
+        };
+        match tokio::time::timeout(wait, req.send()).await {
+            Err(_) if self.time_left() == Some(Duration::ZERO) => {
+                Err(Failure::Stop(self.timeout_error()))
+            }
             Err(_) => Err(Failure::Retry(format!(
                 "Timed out waiting for a response from {url}"
             ))),

@@ -2,6 +2,8 @@
 //! client with its TLS settings and per-request proxies, the auth header in IPA's order, and
 //! whole-body fetches of small resources.
 
+use std::time::{Duration, Instant};
+
 use base64::Engine;
 use futures_util::StreamExt;
 use reqwest::header::HeaderValue;
@@ -140,45 +142,77 @@ pub fn build_client(
 pub(crate) enum BodyError {
     /// The body is larger than the limit (announced or received).
     TooLarge(usize),
+    /// No byte arrived for this long.
+    Stalled(Duration),
+    /// The operation's deadline passed.
+    Deadline,
     /// The connection failed.
     Transport(String),
 }
 
 /// Reads a whole body of at most `limit` bytes (a checksum file, a config drive), refusing a
-/// larger one as soon as it is announced or received: never more than `limit` in memory.
-pub(crate) async fn read_body(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+/// larger one as soon as it is announced or received: never more than `limit` in memory. Each
+/// read waits at most `stall`, and none goes past `deadline`.
+pub(crate) async fn read_body(
+    resp: reqwest::Response,
+    limit: usize,
+    stall: Duration,
+    deadline: Option<Instant>,
+) -> Result<Vec<u8>, BodyError> {
     if resp.content_length().is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge(limit));
     }
     let mut out = Vec::new();
     let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| BodyError::Transport(error_chain(&e)))?;
+    loop {
+        let wait = match deadline {
+            Some(d) => stall.min(d.saturating_duration_since(Instant::now())),
+            None => stall,
+        };
+        let chunk = match tokio::time::timeout(wait, body.next()).await {
+            Ok(Some(chunk)) => chunk.map_err(|e| BodyError::Transport(error_chain(&e)))?,
+            Ok(None) => return Ok(out),
+            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Err(BodyError::Deadline)
+            }
+            Err(_) => return Err(BodyError::Stalled(stall)),
+        };
         if out.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge(limit));
         }
         out.extend_from_slice(&chunk);
     }
-    Ok(out)
 }
 
 /// Fetches a small resource whole (a config drive given by URL): the TLS settings apply, but
-/// no proxies and no image auth, as IPA does; at most `limit` bytes are accepted.
+/// no proxies and no image auth, as IPA does; at most `limit` bytes are accepted. The wait for
+/// each read is bounded by `connection_timeout`, the whole by `cfg`'s max duration.
 pub fn fetch_bytes(
     url: &str,
     cfg: &FetchConfig,
     limit: usize,
 ) -> std::result::Result<Vec<u8>, String> {
-    let client = build_client(cfg, &Default::default(), None)?;
+    let cfg = cfg.starting_now();
+    let client = build_client(&cfg, &Default::default(), None)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let over = || {
+        format!(
+            "exceeded image_download_max_duration ({} seconds)",
+            cfg.max_duration.map(|d| d.as_secs()).unwrap_or(0)
+        )
+    };
     rt.block_on(async {
-        let resp = tokio::time::timeout(cfg.connection_timeout, client.get(url).send())
-            .await
-            .map_err(|_| format!("timed out after {:?}", cfg.connection_timeout))?
-            .map_err(|e| error_chain(&e))?;
+        let wait = cfg
+            .time_left()
+            .map_or(cfg.connection_timeout, |l| l.min(cfg.connection_timeout));
+        let resp = match tokio::time::timeout(wait, client.get(url).send()).await {
+            Err(_) if cfg.time_left() == Some(Duration::ZERO) => return Err(over()),
+            Err(_) => return Err(format!("timed out after {:?}", cfg.connection_timeout)),
+            Ok(r) => r.map_err(|e| error_chain(&e))?,
+        };
         let status = resp.status();
         if status.as_u16() >= 400 {
             return Err(format!(
@@ -186,18 +220,13 @@ pub fn fetch_bytes(
                 status.as_u16()
             ));
         }
-        let mut out = Vec::new();
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = tokio::time::timeout(cfg.connection_timeout, body.next())
+        read_body(resp, limit, cfg.connection_timeout, cfg.deadline)
             .await
-            .map_err(|_| "timed out reading the body".to_string())?
-        {
-            let chunk = chunk.map_err(|e| error_chain(&e))?;
-            if out.len() + chunk.len() > limit {
-                return Err(format!("larger than {limit} bytes"));
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
+            .map_err(|e| match e {
+                BodyError::TooLarge(n) => format!("larger than {n} bytes"),
+                BodyError::Stalled(d) => format!("timed out reading the body (no data for {d:?})"),
+                BodyError::Deadline => over(),
+                BodyError::Transport(t) => t,
+            })
     })
 }
