@@ -212,6 +212,7 @@ pub(super) fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     req.opts.verify_readback = a.verify_readback;
     req.opts.direct_io = !a.no_direct;
     req.require_partition_table = !a.no_partition_check;
+    req.allow_file_urls = true;
     if a.temp_file {
         req.opts.policy.stream = false;
     }

@@ -51,6 +51,9 @@ pub struct DeployRequest {
     /// Fail when the written disk holds no partition table (IPA's `_validate_partitioning`;
     /// the CLI can turn it off for images that are a bare file system or raw data).
     pub require_partition_table: bool,
+    /// Accept `file://` image URLs. Only the CLI sets it (the operator is the one asking);
+    /// through the agent's API only http and https are accepted, as from IPA.
+    pub allow_file_urls: bool,
 }
 
 impl DeployRequest {
@@ -81,6 +84,7 @@ impl DeployRequest {
             node: json!({}),
             cached_image_id: None,
             require_partition_table: true,
+            allow_file_urls: false,
         }
     }
 }
@@ -113,6 +117,8 @@ pub fn run(req: &DeployRequest, progress: Arc<Progress>) -> Result<Deployed, Age
     // image_download_max_duration covers the whole deploy: config drive, checksum, image.
     let fetch = req.fetch.starting_now();
     let info = &req.info;
+    // Before any byte is read.
+    crate::image::info::check_url_schemes(info, req.configdrive.as_deref(), req.allow_file_urls)?;
     tracing::info!(image = %info.id, device = %req.device.display(), "deploying");
     if info.is_partition_image() {
         // Partition images carry their config drive inside the layout.

@@ -108,6 +108,55 @@ pub fn is_http_url(s: &str) -> bool {
     lower.starts_with("http://") || lower.starts_with("https://")
 }
 
+/// The scheme of something that looks like a URL (`scheme://...`), lowercased.
+fn url_scheme(s: &str) -> Option<String> {
+    let (scheme, _) = s.trim().split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    valid.then(|| scheme.to_ascii_lowercase())
+}
+
+/// Refuses, before any byte is read, every URL of a deploy whose scheme is not http or https:
+/// the image URLs (`file` too when `allow_file`: the CLI, where the operator asks for it; never
+/// through the agent's API, where it would write any file of the ramdisk to the disk and leak
+/// its digest), checksum-file URLs and a config drive URL (http or https only, everywhere).
+pub fn check_url_schemes(
+    info: &ImageInfo,
+    configdrive: Option<&str>,
+    allow_file: bool,
+) -> Result<()> {
+    let web = |s: &str| matches!(s, "http" | "https");
+    for url in &info.urls {
+        match url_scheme(url) {
+            Some(s) if web(&s) || (allow_file && s == "file") => {}
+            Some(s) => {
+                return Err(invalid(format!(
+                    "Image URL {url} has the scheme '{s}': only http and https are allowed."
+                )))
+            }
+            None => {
+                return Err(invalid(format!(
+                    "Image URL {url} is not an http or https URL."
+                )))
+            }
+        }
+    }
+    let values = [
+        ("checksum", info.checksum.as_deref()),
+        ("os_hash_value", info.os_hash_value.as_deref()),
+        ("configdrive", configdrive),
+    ];
+    for (field, value) in values {
+        if let Some(s) = value.and_then(url_scheme).filter(|s| !web(s)) {
+            return Err(invalid(format!(
+                "Image '{field}' is a URL with the scheme '{s}': only http and https are allowed."
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn invalid(msg: impl Into<String>) -> AgentError {
     AgentError::InvalidCommandParams(msg.into())
 }
@@ -303,6 +352,29 @@ mod tests {
         v["root_mb"] = json!([1]);
         assert!(err(&v, false).contains("invalid field"));
         assert!(ImageInfo::from_value(&json!([1]), false).is_err());
+    }
+
+    #[test]
+    fn only_web_schemes_unless_the_cli_allows_files() {
+        let mut i = ImageInfo::from_value(&base(), false).unwrap();
+        assert!(check_url_schemes(&i, None, false).is_ok());
+        assert!(check_url_schemes(&i, Some("H4sIAAAA"), false).is_ok());
+        assert!(check_url_schemes(&i, Some("HTTPS://x/cd"), false).is_ok());
+        let e = check_url_schemes(&i, Some("file:///etc/shadow"), true).unwrap_err();
+        assert_eq!(e.type_name(), "InvalidCommandParamsError");
+        assert!(e
+            .details()
+            .contains("'configdrive' is a URL with the scheme 'file'"));
+        i.urls = vec!["http://a/x".into(), "FILE:///etc/shadow".into()];
+        let e = check_url_schemes(&i, None, false).unwrap_err();
+        assert!(e.details().contains("scheme 'file'"), "{e}");
+        assert!(check_url_schemes(&i, None, true).is_ok());
+        i.urls = vec!["/etc/shadow".into()];
+        assert!(check_url_schemes(&i, None, true).is_err());
+        i.urls = vec!["http://a/x".into()];
+        i.os_hash_value = Some("ftp://a/SHA256SUMS".into());
+        let e = check_url_schemes(&i, None, true).unwrap_err();
+        assert!(e.details().contains("'os_hash_value'"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! What the agent's API refuses or survives: URL schemes other than http(s) in `image_info`
+//! (before any byte is read), connections that never finish a request (closed, bounded, and
+//! the descriptor limit raised at start-up), and `proxies: null` (accepted, as IPA).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{sha256, AgentProc};
+use serde_json::{json, Value};
+
+const T: &str = "token-for-the-api-hardening-tests-0123456789";
+
+/// One HTTP/1.1 request; (status, JSON body or Null).
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let text = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, serde_json::from_str(text).unwrap_or(Value::Null))
+}
+
+fn post(port: u16, body: &Value) -> (u16, Value) {
+    http(
+        port,
+        "POST",
+        &format!("/v1/commands/?wait=true&agent_token={T}"),
+        &body.to_string(),
+    )
+}
+
+fn commands(port: u16) -> Vec<Value> {
+    let (st, v) = http(port, "GET", &format!("/v1/commands/?agent_token={T}"), "");
+    assert_eq!(st, 200, "{v}");
+    v["commands"].as_array().unwrap().clone()
+}
+
+#[test]
+fn only_http_and_https_urls_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"the ramdisk's private key").unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::write(&disk, vec![0x5Au8; 4 << 20]).unwrap();
+    let a = AgentProc::start(
+        dir.path(),
+        &["--agent-token", T, "--root-device", disk.to_str().unwrap()],
+    );
+    let file_url = format!("file://{}", secret.display());
+    let digest = sha256(b"the ramdisk's private key");
+    let wrong = "0".repeat(64);
+    let cases = [
+        (
+            json!({"id": "a", "urls": [file_url], "checksum": digest}),
+            None,
+            "scheme 'file'",
+        ),
+        (
+            json!({"id": "b", "urls": [file_url], "checksum": wrong}),
+            None,
+            "scheme 'file'",
+        ),
+        (
+            json!({"id": "c", "urls": ["ftp://h/x.img"], "checksum": wrong}),
+            None,
+            "scheme 'ftp'",
+        ),
+        (
+            json!({"id": "d", "urls": ["/etc/shadow"], "checksum": wrong}),
+            None,
+            "not an http",
+        ),
+        (
+            json!({"id": "e", "urls": ["http://127.0.0.1:9/x"], "os_hash_algo": "sha256",
+                   "os_hash_value": format!("file://{}", secret.display())}),
+            None,
+            "'os_hash_value' is a URL with the scheme 'file'",
+        ),
+        (
+            json!({"id": "f", "urls": ["http://127.0.0.1:9/x"], "checksum": wrong}),
+            Some(file_url.clone()),
+            "'configdrive' is a URL with the scheme 'file'",
+        ),
+    ];
+    for (info, configdrive, why) in cases {
+        let mut params = json!({"image_info": info});
+        if let Some(cd) = configdrive {
+            params["configdrive"] = json!(cd);
+        }
+        let (st, v) = post(
+            a.port,
+            &json!({"name": "standby.prepare_image", "params": params}),
+        );
+        assert_eq!(st, 400, "{v}");
+        let text = v["faultstring"].as_str().unwrap();
+        assert!(
+            text.starts_with("Invalid command parameters: ") && text.contains(why),
+            "{text}"
+        );
+        assert!(!text.contains(&digest), "{text}");
+    }
+    assert!(commands(a.port).is_empty(), "a command ran");
+    // The deploy step validates the same way (inside the command, as IPA).
+    let (_, v) = post(
+        a.port,
+        &json!({"name": "deploy.execute_deploy_step", "params": {"step":
+            {"step": "write_image", "interface": "deploy", "args":
+                {"image_info": {"id": "g", "urls": [file_url], "checksum": wrong}}}}}),
+    );
+    assert_eq!(v["command_status"], "FAILED", "{v}");
+    assert_eq!(
+        v["command_error"]["type"], "InvalidCommandParamsError",
+        "{v}"
+    );
+    assert!(
+        std::fs::read(&disk).unwrap().iter().all(|&b| b == 0x5A),
+        "the disk was written"
+    );
+}
