@@ -131,3 +131,111 @@ fn only_http_and_https_urls_through_the_api() {
         "the disk was written"
     );
 }
+
+/// True when the server closes the connection (after an answer, if any) within `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> (bool, String) {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        s.set_read_timeout(Some(
+            limit
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_millis(10)),
+        ))
+        .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (true, String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (true, String::from_utf8_lossy(&got).into_owned())
+            }
+            Err(_) => break,
+        }
+    }
+    (false, String::from_utf8_lossy(&got).into_owned())
+}
+
+fn connect(port: u16, send: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(send.as_bytes()).unwrap();
+    s
+}
+
+#[test]
+fn connections_that_never_finish_a_request_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = AgentProc::start(
+        dir.path(),
+        &["--agent-token", T, "--api-request-timeout", "1"],
+    );
+    let limit = Duration::from_secs(5);
+    let mut idle = connect(a.port, "");
+    let mut head = connect(a.port, "GET /v1/status HTTP/1.1\r\nHost: x\r\n");
+    let mut body = connect(
+        a.port,
+        &format!("POST /v1/commands/?agent_token={T} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"na"),
+    );
+    let mut kept = connect(a.port, "GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (name, s) in [
+        ("idle", &mut idle),
+        ("head", &mut head),
+        ("kept-alive", &mut kept),
+    ] {
+        let (closed, _) = closed_within(s, limit);
+        assert!(closed, "{name} connection still open after {limit:?}");
+    }
+    let (closed, answer) = closed_within(&mut body, limit);
+    assert!(closed, "slow body still open");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // A complete request still gets its answer.
+    let (st, _) = http(a.port, "GET", "/v1/status", "");
+    assert_eq!(st, 200);
+
+    // The same over TLS: a client that never starts the handshake.
+    let (cert, key, _) = common::self_signed_files(dir.path());
+    let b = AgentProc::start(
+        dir.path(),
+        &[
+            "--api-request-timeout",
+            "1",
+            "--listen-tls",
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    let mut idle = connect(b.port, "");
+    assert!(
+        closed_within(&mut idle, limit).0,
+        "idle TLS connection still open"
+    );
+}
+
+#[test]
+fn a_flood_of_idle_connections_does_not_starve_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    // A low soft limit, as on many systems: the agent raises it to the hard one.
+    let a = AgentProc::start_wrapped(
+        dir.path(),
+        &["prlimit", "--nofile=64:4096", "--"],
+        &["--agent-token", T],
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", a.pid())).unwrap();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert_eq!(nofile[3], "4096", "soft limit not raised: {nofile:?}");
+    // Nobody needs a token to hold a socket open.
+    let flood: Vec<TcpStream> = (0..300).map(|_| connect(a.port, "")).collect();
+    let t = Instant::now();
+    assert!(commands(a.port).is_empty());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let fds = a.open_fds();
+    assert!(fds < 64 + 32, "{fds} descriptors open");
+    drop(flood);
+}

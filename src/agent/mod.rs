@@ -5,13 +5,15 @@
 //! - [`extensions`]: command names → bodies (`standby`, `deploy`, `log`);
 //! - [`standby`], [`deploy_steps`], [`log`]: the extensions themselves;
 //! - [`ironic`]: lookup and heartbeat;
-//! - [`power`]: how the machine is rebooted or powered off.
+//! - [`power`]: how the machine is rebooted or powered off;
+//! - [`listener`]: the API's connections (timeouts, a bound, the descriptor limit).
 
 pub mod api;
 pub mod commands;
 pub mod deploy_steps;
 pub mod extensions;
 pub mod ironic;
+pub mod listener;
 pub mod log;
 pub mod power;
 pub mod server;

@@ -7,10 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -128,31 +124,4 @@ pub fn auto_tls(
         config: server_config(vec![cert.der().clone()], key_der, min_version)?,
         verify_ca: Some(pem),
     })
-}
-
-/// Serves `app` over TLS on `listener` until the process ends.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    config: Arc<rustls::ServerConfig>,
-) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let (tcp, peer) = listener.accept().await?;
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            match acceptor.accept(tcp).await {
-                Ok(tls) => {
-                    if let Err(e) = Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await
-                    {
-                        tracing::debug!(%peer, "TLS connection: {e}");
-                    }
-                }
-                Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-            }
-        });
-    }
 }

@@ -449,9 +449,32 @@ impl AgentProc {
         Self::spawn(dir, free_port(), args, env)
     }
 
+    /// `rivet serve` started through a wrapper command (e.g. `prlimit --nofile=64:4096 --`).
+    pub fn start_wrapped(dir: &Path, wrapper: &[&str], args: &[&str]) -> AgentProc {
+        Self::spawn_cmd(dir, free_port(), wrapper, args, &[])
+    }
+
     fn spawn(dir: &Path, port: u16, args: &[&str], env: &[(String, String)]) -> AgentProc {
+        Self::spawn_cmd(dir, port, &[], args, env)
+    }
+
+    fn spawn_cmd(
+        dir: &Path,
+        port: u16,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> AgentProc {
         let log = dir.join(format!("agent-{port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_rivet"))
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_rivet"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rivet")),
+        };
+        let child = cmd
             .args([
                 "serve",
                 "--listen",
@@ -484,6 +507,18 @@ impl AgentProc {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's process id (through a wrapper that execs, the same process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many descriptors the agent has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
