@@ -190,6 +190,43 @@ struct Cursor {
     total: Option<u64>,
     /// `ETag` or `Last-Modified` of the first response, when the server allows ranges.
     validator: Option<HeaderValue>,
+    /// The first response's `ETag` and `Last-Modified`, which every 206 must repeat.
+    etag: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+}
+
+impl Cursor {
+    /// Why a 206 answer is not the rest of the file the first answer started, if it is not:
+    /// another start, another total, another `ETag` (which a 206 must carry when the 200 did,
+    /// RFC 9110 §15.3.7) or another `Last-Modified` (when it has one). A server that ignores
+    /// `If-Range` would otherwise splice two versions of a file.
+    fn mismatch(&self, h: &HeaderMap) -> Option<String> {
+        let start = content_range_start(h);
+        if start != Some(self.offset) {
+            return Some(format!("it starts at byte {start:?}, not {}", self.offset));
+        }
+        let total = content_range_total(h);
+        if self.total.is_some() && total != self.total {
+            return Some(format!(
+                "it is part of {total:?} bytes, not {:?}",
+                self.total
+            ));
+        }
+        if let Some(first) = &self.etag {
+            if h.get(header::ETAG) != Some(first) {
+                return Some(format!(
+                    "its ETag is {:?}, not {first:?}",
+                    h.get(header::ETAG)
+                ));
+            }
+        }
+        if let (Some(first), Some(now)) = (&self.last_modified, h.get(header::LAST_MODIFIED)) {
+            if now != first {
+                return Some(format!("its Last-Modified is {now:?}, not {first:?}"));
+            }
+        }
+        None
+    }
 }
 
 impl ImageDownload {
@@ -477,21 +514,19 @@ impl ImageDownload {
         let status = resp.status();
         let id = self.info.id.as_str();
         if resuming && status == StatusCode::PARTIAL_CONTENT {
-            let start = content_range_start(resp.headers());
-            let total = content_range_total(resp.headers());
-            let changed = matches!((cur.total, total), (Some(a), Some(b)) if a != b);
-            if start != Some(cur.offset) || changed {
+            if let Some(why) = cur.mismatch(resp.headers()) {
                 // Not the same file any more (or a confused server): start over from byte 0.
                 tracing::warn!(
                     url,
-                    "the resumed answer does not continue the file; restarting"
+                    "the resumed answer does not continue the file ({why}); restarting from byte 0"
                 );
                 cur.validator = None;
                 return Err(Failure::Retry(format!(
-                    "Server answered a range request for byte {} from byte {start:?} of {total:?} bytes",
+                    "Server answered a range request for byte {} with another version of the file: {why}",
                     cur.offset
                 )));
             }
+            let total = content_range_total(resp.headers());
             if cur.total.is_none() {
                 cur.total = total;
                 self.progress.set_content_length(total);
@@ -513,6 +548,8 @@ impl ImageDownload {
             self.progress.set_transferred(0);
             cur.total = resp.content_length();
             cur.validator = resume_validator(resp.headers());
+            cur.etag = resp.headers().get(header::ETAG).cloned();
+            cur.last_modified = resp.headers().get(header::LAST_MODIFIED).cloned();
             self.progress.set_content_length(cur.total);
             if let Some(len) = cur.total {
                 sink.expect_len(len).map_err(Failure::Stop)?;

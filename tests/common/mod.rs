@@ -56,6 +56,17 @@ pub enum Route {
     /// No Content-Length and a body that never ends: `chunk` again and again until the client
     /// goes away (or `max_secs` pass).
     Endless { chunk: Arc<Vec<u8>>, max_secs: u64 },
+    /// The file changes between requests: the first answer is `old`, cut after `after` bytes,
+    /// with Accept-Ranges and the extra header lines `first` (e.g. `ETag: "v1"\r\n`); every
+    /// later answer is `new` with the header lines `later`, honouring Range and ignoring
+    /// If-Range (a server that does not implement it).
+    Swap {
+        old: Arc<Vec<u8>>,
+        new: Arc<Vec<u8>>,
+        after: usize,
+        first: String,
+        later: String,
+    },
     /// Claim the full length, then send one byte every `every_ms` (never a stall long enough
     /// for a stall timeout, yet the body takes `data.len() * every_ms` to arrive).
     Trickle { data: Arc<Vec<u8>>, every_ms: u64 },
@@ -217,6 +228,39 @@ fn handle(
             } else {
                 serve(&mut out, &data, true, None, None)
             }
+        }
+        Some(Route::Swap {
+            old,
+            new,
+            after,
+            first,
+            later,
+        }) => {
+            if n == 1 {
+                write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nAccept-Ranges: bytes\r\n{first}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    old.len()
+                )?;
+                out.write_all(&old[..after])?;
+                return Ok(());
+            }
+            let f = range_from.filter(|&f| f < new.len()).unwrap_or(0);
+            let head = if range_from.is_some() {
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {f}-{}/{}\r\n",
+                    new.len() - 1,
+                    new.len()
+                )
+            } else {
+                "HTTP/1.1 200 OK\r\n".to_string()
+            };
+            write!(
+                out,
+                "{head}Accept-Ranges: bytes\r\n{later}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                new.len() - f
+            )?;
+            out.write_all(&new[f..])
         }
         Some(Route::Endless { chunk, max_secs }) => {
             write!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
