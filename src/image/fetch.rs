@@ -26,6 +26,7 @@ pub use super::http::fetch_bytes;
 use super::http::{auth_header, build_client, error_chain, read_body, BodyError};
 use super::info::ImageInfo;
 use crate::errors::{AgentError, Result};
+use stream::Cursor;
 
 /// The largest checksum file accepted: a `*SUMS` file of a whole distribution release is a
 /// few KiB; anything past this is not a checksum file (or never ends).
@@ -179,54 +180,6 @@ enum Failure {
     Retry(String),
     /// Stop everything.
     Stop(AgentError),
-}
-
-/// State of one URL across attempts, for resuming.
-#[derive(Default)]
-struct Cursor {
-    /// Bytes of the image handed to the sink.
-    offset: u64,
-    /// Total length of the image, when known.
-    total: Option<u64>,
-    /// `ETag` or `Last-Modified` of the first response, when the server allows ranges.
-    validator: Option<HeaderValue>,
-    /// The first response's `ETag` and `Last-Modified`, which every 206 must repeat.
-    etag: Option<HeaderValue>,
-    last_modified: Option<HeaderValue>,
-}
-
-impl Cursor {
-    /// Why a 206 answer is not the rest of the file the first answer started, if it is not:
-    /// another start, another total, another `ETag` (which a 206 must carry when the 200 did,
-    /// RFC 9110 §15.3.7) or another `Last-Modified` (when it has one). A server that ignores
-    /// `If-Range` would otherwise splice two versions of a file.
-    fn mismatch(&self, h: &HeaderMap) -> Option<String> {
-        let start = content_range_start(h);
-        if start != Some(self.offset) {
-            return Some(format!("it starts at byte {start:?}, not {}", self.offset));
-        }
-        let total = content_range_total(h);
-        if self.total.is_some() && total != self.total {
-            return Some(format!(
-                "it is part of {total:?} bytes, not {:?}",
-                self.total
-            ));
-        }
-        if let Some(first) = &self.etag {
-            if h.get(header::ETAG) != Some(first) {
-                return Some(format!(
-                    "its ETag is {:?}, not {first:?}",
-                    h.get(header::ETAG)
-                ));
-            }
-        }
-        if let (Some(first), Some(now)) = (&self.last_modified, h.get(header::LAST_MODIFIED)) {
-            if now != first {
-                return Some(format!("its Last-Modified is {now:?}, not {first:?}"));
-            }
-        }
-        None
-    }
 }
 
 impl ImageDownload {
@@ -512,107 +465,17 @@ impl ImageDownload {
         };
         let resp = self.send(url, range).await?;
         let status = resp.status();
-        let id = self.info.id.as_str();
-        if resuming && status == StatusCode::PARTIAL_CONTENT {
-            if let Some(why) = cur.mismatch(resp.headers()) {
-                // Not the same file any more (or a confused server): start over from byte 0.
-                tracing::warn!(
-                    url,
-                    "the resumed answer does not continue the file ({why}); restarting from byte 0"
-                );
-                cur.validator = None;
-                return Err(Failure::Retry(format!(
-                    "Server answered a range request for byte {} with another version of the file: {why}",
-                    cur.offset
-                )));
-            }
-            let total = content_range_total(resp.headers());
-            if cur.total.is_none() {
-                cur.total = total;
-                self.progress.set_content_length(total);
-            }
-            tracing::info!(url, offset = cur.offset, "resuming the download");
-        } else if resuming && status == StatusCode::RANGE_NOT_SATISFIABLE {
-            tracing::warn!(url, "the server refused to resume; restarting from byte 0");
-            cur.validator = None;
-            return Err(Failure::Retry(format!(
-                "Received status code 416 from {url} when resuming"
-            )));
-        } else if status == StatusCode::OK {
-            if cur.offset > 0 {
-                tracing::warn!(url, "the download cannot resume; restarting from byte 0");
-                sink.reset().map_err(Failure::Stop)?;
-                self.progress.reset_written();
-            }
-            cur.offset = 0;
-            self.progress.set_transferred(0);
-            cur.total = resp.content_length();
-            cur.validator = resume_validator(resp.headers());
-            cur.etag = resp.headers().get(header::ETAG).cloned();
-            cur.last_modified = resp.headers().get(header::LAST_MODIFIED).cloned();
-            self.progress.set_content_length(cur.total);
-            if let Some(len) = cur.total {
-                sink.expect_len(len).map_err(Failure::Stop)?;
-            }
-        } else {
-            return Err(status_failure(id, url, resp).await);
+        let answered = status == StatusCode::OK
+            || (resuming
+                && matches!(
+                    status,
+                    StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE
+                ));
+        if !answered {
+            return Err(status_failure(&self.info.id, url, resp).await);
         }
-
-        let mut body = resp.bytes_stream();
-        loop {
-            let stall = self.cfg.connection_timeout;
-            let wait = match self.time_left() {
-                Some(left) if left < stall => left,
-                _ => stall,
-            };
-            let next = match tokio::time::timeout(wait, body.next()).await {
-                Ok(n) => n,
-                Err(_) if self.time_left() == Some(Duration::ZERO) => {
-                    return Err(Failure::Stop(self.timeout_error()))
-                }
-                Err(_) => {
-                    return Err(Failure::Retry(
-                        "Timed out reading next chunk from webserver".into(),
-                    ))
-                }
-            };
-            match next {
-                Some(Ok(chunk)) => {
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                    let n = chunk.len() as u64;
-                    if cur.total.is_some_and(|t| cur.offset + n > t) {
-                        return Err(Failure::Retry(format!(
-                            "Received more than the {} bytes announced",
-                            cur.total.unwrap_or(0)
-                        )));
-                    }
-                    tracing::trace!(len = n, "chunk");
-                    sink.data(chunk).map_err(Failure::Stop)?;
-                    cur.offset += n;
-                    self.progress.set_transferred(cur.offset);
-                    if self.time_left() == Some(Duration::ZERO) {
-                        return Err(Failure::Stop(self.timeout_error()));
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(Failure::Retry(format!(
-                        "Error reading the image from {url} after {} bytes: {}",
-                        cur.offset,
-                        error_chain(&e)
-                    )))
-                }
-                None => break,
-            }
-        }
-        match cur.total {
-            Some(total) if cur.offset < total => Err(Failure::Retry(format!(
-                "The server closed the connection after {} of {total} bytes",
-                cur.offset
-            ))),
-            _ => Ok(()),
-        }
+        let decoding = self.start_response(url, status, resp.headers(), cur, sink)?;
+        self.stream_body(url, resp, decoding, cur, sink).await
     }
 
     /// `file://` URLs: for people with the image at hand (and the demo). Read in 1 MiB chunks.
@@ -712,5 +575,6 @@ fn content_range_start(h: &HeaderMap) -> Option<u64> {
     rest.split('-').next()?.trim().parse().ok()
 }
 
+mod stream;
 #[cfg(test)]
 mod tests;

@@ -89,6 +89,12 @@ pub fn build_client(
     let mut b = reqwest::Client::builder()
         .connect_timeout(cfg.connection_timeout)
         .tcp_nodelay(true)
+        // The bytes as stored: the checksum is of them, and ranges mean what they say. A
+        // server that encodes anyway is decoded (gzip, deflate): see `image::encoding`.
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        )]))
         .tls_version_min(if cfg.tls_min_version == crate::config::TlsVersion::V13 {
             reqwest::tls::Version::TLS_1_3
         } else {
@@ -151,7 +157,8 @@ pub(crate) enum BodyError {
 }
 
 /// Reads a whole body of at most `limit` bytes (a checksum file, a config drive), refusing a
-/// larger one as soon as it is announced or received: never more than `limit` in memory. Each
+/// larger one as soon as it is announced or received: never more than `limit` in memory
+/// (decoded, when the server encodes it anyway). Each
 /// read waits at most `stall`, and none goes past `deadline`.
 pub(crate) async fn read_body(
     resp: reqwest::Response,
@@ -159,11 +166,27 @@ pub(crate) async fn read_body(
     stall: Duration,
     deadline: Option<Instant>,
 ) -> Result<Vec<u8>, BodyError> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
+    let encoded = resp
+        .headers()
+        .contains_key(reqwest::header::CONTENT_ENCODING);
+    if !encoded && resp.content_length().is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge(limit));
     }
+    let mut decoding =
+        super::encoding::Decoding::for_response(resp.headers()).map_err(BodyError::Transport)?;
     let mut out = Vec::new();
     let mut body = resp.bytes_stream();
+    let mut keep = |b: bytes::Bytes| {
+        if out.len() + b.len() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        out.extend_from_slice(&b);
+        Ok(())
+    };
+    let decoded = |e: super::encoding::DecodeError<BodyError>| match e {
+        super::encoding::DecodeError::Sink(e) => e,
+        super::encoding::DecodeError::Corrupt(e) => BodyError::Transport(e.to_string()),
+    };
     loop {
         let wait = match deadline {
             Some(d) => stall.min(d.saturating_duration_since(Instant::now())),
@@ -171,17 +194,16 @@ pub(crate) async fn read_body(
         };
         let chunk = match tokio::time::timeout(wait, body.next()).await {
             Ok(Some(chunk)) => chunk.map_err(|e| BodyError::Transport(error_chain(&e)))?,
-            Ok(None) => return Ok(out),
+            Ok(None) => break,
             Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
                 return Err(BodyError::Deadline)
             }
             Err(_) => return Err(BodyError::Stalled(stall)),
         };
-        if out.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge(limit));
-        }
-        out.extend_from_slice(&chunk);
+        decoding.push(chunk, &mut keep).map_err(decoded)?;
     }
+    decoding.finish(&mut keep).map_err(decoded)?;
+    Ok(out)
 }
 
 /// Fetches a small resource whole (a config drive given by URL): the TLS settings apply, but

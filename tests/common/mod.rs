@@ -67,6 +67,13 @@ pub enum Route {
         first: String,
         later: String,
     },
+    /// `body` (already encoded) with `Content-Encoding: <encoding>`; the first `cut_times`
+    /// answers are cut after half the body.
+    Encoded {
+        body: Arc<Vec<u8>>,
+        encoding: String,
+        cut_times: usize,
+    },
     /// Claim the full length, then send one byte every `every_ms` (never a stall long enough
     /// for a stall timeout, yet the body takes `data.len() * every_ms` to arrive).
     Trickle { data: Arc<Vec<u8>>, every_ms: u64 },
@@ -261,6 +268,23 @@ fn handle(
                 new.len() - f
             )?;
             out.write_all(&new[f..])
+        }
+        Some(Route::Encoded {
+            body,
+            encoding,
+            cut_times,
+        }) => {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Encoding: {encoding}\r\nAccept-Ranges: bytes\r\nETag: \"e1\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            let end = if n <= cut_times {
+                body.len() / 2
+            } else {
+                body.len()
+            };
+            out.write_all(&body[..end])
         }
         Some(Route::Endless { chunk, max_secs }) => {
             write!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
