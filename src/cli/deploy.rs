@@ -204,6 +204,8 @@ impl DeployArgs {
 /// `rivet deploy`.
 pub(super) fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     let settings = Settings::load(&a.setting_flags(), &super::serve::rivet_env())?;
+    let tmp = crate::deploy::tempfile_path::tmp_dir(settings.image_tmp_dir.as_deref());
+    crate::deploy::tempfile_path::remove_leftovers(&tmp);
     let info = a.image_info(settings.md5_enabled)?;
     let mut req = DeployRequest::new(info, a.device.clone(), &settings);
     if let Some(cd) = a.configdrive()? {
