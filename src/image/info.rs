@@ -35,7 +35,9 @@ pub struct ImageInfo {
     pub stream_raw_images: bool,
     /// `partition` for partition images; anything else is a whole-disk image.
     pub image_type: Option<String>,
-    /// Per-request proxies: scheme (`http`, `https`) → proxy URL.
+    /// Per-request proxies: scheme (`http`, `https`) → proxy URL. `null`, or a scheme mapped
+    /// to `null` or `""`, means none (as in IPA, where requests ignores them).
+    #[serde(deserialize_with = "lenient_proxies")]
     pub proxies: BTreeMap<String, String>,
     /// Comma-separated hosts that bypass the proxies.
     pub no_proxy: Option<String>,
@@ -231,6 +233,17 @@ fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D:
     })
 }
 
+/// Accepts a map of scheme → proxy URL, or null; schemes mapped to null or `""` are dropped.
+fn lenient_proxies<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    let m = Option::<BTreeMap<String, Option<String>>>::deserialize(d)?;
+    Ok(m.unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| (k, v)))
+        .collect())
+}
+
 /// Accepts an integer or a string of digits (Ironic sends `root_mb` either way), or null.
 fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
     use serde::de::Error;
@@ -344,6 +357,19 @@ mod tests {
         let mut v = base();
         v["os_hash_algo"] = json!("md5");
         assert!(ImageInfo::from_value(&v, false).is_ok());
+    }
+
+    #[test]
+    fn proxies_may_be_null() {
+        let mut v = base();
+        v["proxies"] = Value::Null;
+        assert!(ImageInfo::from_value(&v, false).unwrap().proxies.is_empty());
+        v["proxies"] = json!({"http": null, "https": "", "all": "http://p:3128"});
+        let p = ImageInfo::from_value(&v, false).unwrap().proxies;
+        assert_eq!(p.len(), 1);
+        assert_eq!(p["all"], "http://p:3128");
+        v["proxies"] = json!("http://p");
+        assert!(err(&v, false).contains("invalid field"));
     }
 
     #[test]
