@@ -31,8 +31,8 @@ pub fn resolve(
             "prepare_image" => {
                 let p = Params::new(cmd, params, &["image_info", "configdrive"])?;
                 let (info, md5) = (p.get("image_info"), a.settings().md5_enabled);
-                standby::validate_image_info(&info, md5)?;
                 let configdrive = p.opt_string("configdrive")?;
+                standby::validate_image_info(&info, configdrive.as_deref(), md5)?;
                 Ok(Prepared::Async(Box::new(move |progress| {
                     standby::prepare_image(&a, info, configdrive, progress).map(Outcome::Text)
                 })))

@@ -7,13 +7,15 @@
 //!   (system, rescue), [`log`]: the extensions themselves;
 //! - [`server`]: TLS, the listener, the Ironic loop, stopping;
 //! - [`ironic`]: lookup and heartbeat;
-//! - [`power`]: how the machine is rebooted or powered off.
+//! - [`power`]: how the machine is rebooted or powered off;
+//! - [`listener`]: the API's connections (timeouts, a bound, the descriptor limit).
 
 pub(crate) mod api;
 pub(crate) mod bootloader;
 pub(crate) mod commands;
 pub(crate) mod extensions;
 pub(crate) mod ironic;
+pub(crate) mod listener;
 pub mod log;
 pub(crate) mod power;
 pub mod server;

@@ -12,7 +12,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{api, ironic, system, tls, Agent};
+use super::{api, ironic, listener, system, tls, Agent};
 use crate::config::Scheme;
 
 /// Why the agent could not start or stopped.
@@ -53,6 +53,8 @@ pub struct Running {
 /// learnt first, because it decides auto-TLS.
 pub async fn start(agent: &Arc<Agent>) -> Result<Running, ServeError> {
     let s = agent.settings();
+    // Descriptors are what a flood of connections spends: have all the kernel allows.
+    listener::raise_nofile_limit();
     let mut api = ironic::Ironic::new(agent)?;
     if let Some(i) = api.as_mut() {
         let v = i.discover_version().await;
@@ -102,7 +104,7 @@ pub async fn start(agent: &Arc<Agent>) -> Result<Running, ServeError> {
     );
     let app = api::router(Arc::clone(agent));
     let verify_ca = server_tls.as_ref().and_then(|t| t.verify_ca.clone());
-    // Both servers stop accepting once a command asks the agent to stop (lockdown, rescue);
+    // The server stops accepting once a command asks the agent to stop (lockdown, rescue);
     // answers already being written still go out.
     let stopping = {
         let a = Arc::clone(agent);
@@ -110,14 +112,12 @@ pub async fn start(agent: &Arc<Agent>) -> Result<Running, ServeError> {
             a.stopped().await;
         }
     };
-    let server = match server_tls {
-        Some(t) => tokio::spawn(async move { tls::serve(listener, app, t.config, stopping).await }),
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopping)
-                .await
-        }),
+    let limits = listener::Limits {
+        request_timeout: s.api_request_timeout.0,
+        max_connections: s.api_max_connections.max(1) as usize,
     };
+    let tls_config = server_tls.map(|t| t.config);
+    let server = tokio::spawn(listener::serve(listener, app, tls_config, limits, stopping));
     Ok(Running {
         addr: bound,
         scheme,

@@ -15,14 +15,21 @@ use crate::errors::AgentError;
 use crate::image::fetch::Progress;
 use crate::image::info::ImageInfo;
 
-/// `_validate_image_info`, run inside the request (400 on failure).
-pub fn validate_image_info(info: &Value, md5_enabled: bool) -> Result<(), AgentError> {
+/// `_validate_image_info`, run inside the request (400 on failure), plus the URL schemes:
+/// through the API only http and https, refused before any byte is read.
+pub fn validate_image_info(
+    info: &Value,
+    configdrive: Option<&str>,
+    md5_enabled: bool,
+) -> Result<(), AgentError> {
     if info.is_null() {
         return Err(AgentError::InvalidCommandParams(
             "prepare_image() missing required argument 'image_info'".into(),
         ));
     }
-    ImageInfo::from_value(info, md5_enabled).map(|_| ())
+    let parsed = ImageInfo::from_value(info, md5_enabled)?;
+    let configdrive = configdrive.or(parsed.configdrive.as_deref());
+    crate::image::info::check_url_schemes(&parsed, configdrive, false)
 }
 
 /// `prepare_image`: writes the image to the install disk through the one deploy orchestrator

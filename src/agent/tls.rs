@@ -1,4 +1,4 @@
-//! TLS on the agent's own API (docs/agent-api.md#routes, docs/agent-api.md#lookup-and-heartbeat): static (`listen_tls` with `tls_cert_file` /
+//! TLS on the agent's own API (SPEC §2, §4.4): static (`listen_tls` with `tls_cert_file` /
 //! `tls_key_file`) or automatic — a self-signed EC certificate for the advertised address,
 //! sent to Ironic as `agent_verify_ca` in heartbeats, which Ironic then uses as CA bundle.
 
@@ -7,10 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -128,37 +124,4 @@ pub fn auto_tls(
         config: server_config(vec![cert.der().clone()], key_der, min_version)?,
         verify_ca: Some(pem),
     })
-}
-
-/// Serves `app` over TLS on `listener` until `stop` resolves (connections already accepted
-/// finish on their own).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    config: Arc<rustls::ServerConfig>,
-    stop: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::pin!(stop);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => r?,
-            () = &mut stop => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            match acceptor.accept(tcp).await {
-                Ok(tls) => {
-                    if let Err(e) = Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await
-                    {
-                        tracing::debug!(%peer, "TLS connection: {e}");
-                    }
-                }
-                Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-            }
-        });
-    }
 }

@@ -1,6 +1,7 @@
 //! A small partition-table adapter for the boot code: what a Hard Drive node needs to know of
 //! each partition (number, LBAs, GPT unique GUID or MBR disk signature, type), read natively with
-//! gptman/mbrman from a disk or a disk image file.
+//! gptman/mbrman from a disk or a disk image file, behind the bounds of
+//! [`crate::disk::partitions::bounds`] (a hostile table is an error, never a crash).
 //!
 //! GPT wins over MBR when both are valid, as in efivar (`efibootmgr -d`). The logical sector size
 //! is the device's (`BLKSSZGET`) for a block device; for an image file gptman tries 512 and 4096
@@ -13,6 +14,7 @@ use std::path::Path;
 
 use super::error::BootError;
 use super::load_option::{mbr_partuuid, HardDrive, PartitionSignature};
+use crate::disk::partitions::{bounds, TableError};
 
 /// The EFI System Partition type GUID.
 pub const ESP_TYPE_GUID: uuid::Uuid = uuid::uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
@@ -77,11 +79,13 @@ impl Partition {
 pub fn read_partitions(disk: &Path) -> Result<Vec<Partition>, BootError> {
     let mut f = File::open(disk).map_err(|e| BootError::disk(disk, e))?;
     let block_ss = block_sector_size(&f, disk)?;
+    let bounded = |e: TableError| BootError::disk(disk, e.into());
     let gpt = match block_ss {
-        Some(ss) => gptman::GPT::read_from(&mut f, ss),
-        None => gptman::GPT::find_from(&mut f),
-    };
-    if let Ok(gpt) = gpt {
+        Some(ss) => bounds::read_gpt(&mut f, ss),
+        None => bounds::find_gpt(&mut f),
+    }
+    .map_err(bounded)?;
+    if let Some(gpt) = gpt {
         let ss = gpt.sector_size;
         return Ok(gpt
             .iter()
@@ -101,7 +105,7 @@ pub fn read_partitions(disk: &Path) -> Result<Vec<Partition>, BootError> {
     f.seek(SeekFrom::Start(0))
         .map_err(|e| BootError::disk(disk, e))?;
     let ss = block_ss.unwrap_or(512);
-    let Ok(mbr) = mbrman::MBR::read_from(&mut f, ss as u32) else {
+    let Some(mbr) = bounds::read_mbr(&mut f, ss).map_err(bounded)? else {
         return Ok(Vec::new());
     };
     let signature = u32::from_le_bytes(mbr.header.disk_signature);

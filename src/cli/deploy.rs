@@ -204,6 +204,8 @@ impl DeployArgs {
 /// `rivet deploy`.
 pub(super) fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     let settings = Settings::load(&a.setting_flags(), &super::serve::rivet_env())?;
+    let tmp = crate::deploy::tempfile_path::tmp_dir(settings.image_tmp_dir.as_deref());
+    crate::deploy::tempfile_path::remove_leftovers(&tmp);
     let info = a.image_info(settings.md5_enabled)?;
     let mut req = DeployRequest::new(info, a.device.clone(), &settings);
     if let Some(cd) = a.configdrive()? {
@@ -212,6 +214,7 @@ pub(super) fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     req.opts.verify_readback = a.verify_readback;
     req.opts.direct_io = !a.no_direct;
     req.require_partition_table = !a.no_partition_check;
+    req.allow_file_urls = true;
     if a.temp_file {
         req.opts.policy.stream = false;
     }

@@ -65,6 +65,8 @@ pub(super) fn rivet_env() -> BTreeMap<String, String> {
 /// Loads the settings and runs the agent until it stops.
 pub(super) fn serve(a: ServeArgs, logs: Arc<LogBuffer>) -> anyhow::Result<()> {
     let settings = Settings::load(&a.flags, &rivet_env())?;
+    let tmp = crate::deploy::tempfile_path::tmp_dir(settings.image_tmp_dir.as_deref());
+    crate::deploy::tempfile_path::remove_leftovers(&tmp);
     let agent = Agent::new(settings, logs);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

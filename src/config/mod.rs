@@ -111,6 +111,10 @@ settings! {
     listen_host: IpAddr = Some("::");
     /// Port to listen on
     listen_port: u16 = Some("9999");
+    /// Seconds a client may take for a TLS handshake, a request head, or a body after its head
+    api_request_timeout: Secs = Some("15");
+    /// API connections open at once (at the limit the oldest idle one is closed for a new one)
+    api_max_connections: u32 = Some("64");
     /// Ironic API URL(s), comma-separated; none = standalone (API only)
     api_url: List = None;
     /// Host to advertise in heartbeats (default: the address used to reach Ironic)
@@ -254,6 +258,7 @@ impl Settings {
             auth_user: self.image_server_user.clone(),
             auth_password: self.image_server_password.clone(),
             md5_enabled: self.md5_enabled,
+            deadline: None,
         }
     }
 

@@ -51,6 +51,9 @@ pub struct DeployRequest {
     /// Fail when the written disk holds no partition table (IPA's `_validate_partitioning`;
     /// the CLI can turn it off for images that are a bare file system or raw data).
     pub require_partition_table: bool,
+    /// Accept `file://` image URLs. Only the CLI sets it (the operator is the one asking);
+    /// through the agent's API only http and https are accepted, as from IPA.
+    pub allow_file_urls: bool,
 }
 
 impl DeployRequest {
@@ -81,6 +84,7 @@ impl DeployRequest {
             node: json!({}),
             cached_image_id: None,
             require_partition_table: true,
+            allow_file_urls: false,
         }
     }
 }
@@ -110,7 +114,11 @@ pub struct Deployed {
 /// Runs a deploy from start to finish.
 pub fn run(req: &DeployRequest, progress: Arc<Progress>) -> Result<Deployed, AgentError> {
     let started = Instant::now();
+    // image_download_max_duration covers the whole deploy: config drive, checksum, image.
+    let fetch = req.fetch.starting_now();
     let info = &req.info;
+    // Before any byte is read.
+    crate::image::info::check_url_schemes(info, req.configdrive.as_deref(), req.allow_file_urls)?;
     tracing::info!(image = %info.id, device = %req.device.display(), "deploying");
     if info.is_partition_image() {
         // Partition images carry their config drive inside the layout.
@@ -119,7 +127,7 @@ pub fn run(req: &DeployRequest, progress: Arc<Progress>) -> Result<Deployed, Age
             &req.node,
             &req.device,
             req.configdrive.as_deref(),
-            &req.fetch,
+            &fetch,
             &req.opts,
             progress,
         )?;
@@ -141,7 +149,7 @@ pub fn run(req: &DeployRequest, progress: Arc<Progress>) -> Result<Deployed, Age
         Some(cd) if !cd.is_empty() => Some(configdrive_write::materialise(
             info.node_label(),
             cd,
-            &req.fetch,
+            &fetch,
         )?),
         _ => None,
     };
@@ -156,7 +164,7 @@ pub fn run(req: &DeployRequest, progress: Arc<Progress>) -> Result<Deployed, Age
             None
         }
         _ => Some(pipeline::write_image(
-            info, &target, &req.fetch, &req.opts, progress,
+            info, &target, &fetch, &req.opts, progress,
         )?),
     };
     if req.require_partition_table {

@@ -190,7 +190,7 @@ fn run_once(
         }
         tracing::info!("read-back digest matches");
     }
-    let gpt = finish_disk(target, bytes).map_err(|e| write_error(info, target.path(), &e))?;
+    let gpt = finish_disk(info, target, bytes)?;
     tracing::info!(
         image = %info.id, device = %target.path().display(), bytes, digest = %digest,
         ?gpt, ?path, "image written and verified"
@@ -297,16 +297,30 @@ impl Stages {
 }
 
 /// After an image of `bytes` bytes landed: clear a stale backup GPT beyond it, move the
-/// image's backup GPT to the end of the disk, and let the kernel re-read the table.
-pub(super) fn finish_disk(target: &Target, bytes: u64) -> std::io::Result<GptFix> {
-    target.clear_stale_tail(bytes)?;
+/// image's backup GPT to the end of the disk, and let the kernel re-read the table. A table
+/// out of bounds is refused here, before anything else reads it (the caller's guard wipes it).
+pub(super) fn finish_disk(info: &ImageInfo, target: &Target, bytes: u64) -> Result<GptFix> {
+    target
+        .clear_stale_tail(bytes)
+        .map_err(|e| write_error(info, target.path(), &e))?;
     let gpt = if target.capacity().is_some_and(|c| c > bytes) {
-        // IPA swallows GPT fix failures on this path; so do we, loudly.
-        partitions::relocate_backup_gpt(target.file()).unwrap_or_else(|e| {
-            tracing::warn!("could not move the backup GPT to the end of the disk: {e}");
-            GptFix::NoGpt
-        })
+        match partitions::relocate_backup_gpt(target.file()) {
+            Ok(fix) => fix,
+            Err(e @ partitions::TableError::OutOfBounds(_)) => {
+                return Err(partitions::unsafe_table(target.path(), &e))
+            }
+            // IPA swallows GPT fix failures on this path; so do we, loudly.
+            Err(e) => {
+                tracing::warn!("could not move the backup GPT to the end of the disk: {e}");
+                GptFix::NoGpt
+            }
+        }
     } else {
+        // The GPT is not moved, but it is checked all the same, as on the other branch.
+        partitions::bounds::check_gpt_find(&mut target.file()).map_err(|e| match e {
+            partitions::TableError::OutOfBounds(_) => partitions::unsafe_table(target.path(), &e),
+            partitions::TableError::Io(io) => write_error(info, target.path(), &io),
+        })?;
         GptFix::AlreadyAtEnd
     };
     target.rescan();

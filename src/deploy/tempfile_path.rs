@@ -1,10 +1,16 @@
 //! The temp-file path: download to a local file (hashing as it lands), verify, inspect, then
-//! `qemu-img convert` onto the disk (IPA's only path for non-raw images). The file is removed
-//! whatever happens. Used for formats that cannot stream and qcow2 layouts that need random
-//! access; the disk is not touched before the digest matched and the inspector passed.
+//! `qemu-img convert` onto the disk (IPA's only path for non-raw images). Used for formats
+//! that cannot stream and qcow2 layouts that need random access; the disk is not touched
+//! before the digest matched and the inspector passed.
+//!
+//! The copy is an anonymous file (`O_TMPFILE`, or created and unlinked at once): it has no
+//! name from the start, so it disappears with its last descriptor on every way out, SIGTERM
+//! and SIGKILL included; qemu-img reads it as `/proc/<pid>/fd/<n>`. Named copies an older
+//! rivet left (`rivet-image-*`) are removed at start-up ([`remove_leftovers`]).
 
 use std::io::{Seek, Write};
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -60,9 +66,8 @@ impl Sink for FileSink<'_> {
 }
 
 /// The first [`INSPECT_LEN`] and the last [`TAIL_LEN`] bytes of the file (fewer if shorter).
-fn head_and_tail(path: &Path) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+fn head_and_tail(f: &std::fs::File) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
     let read = |at: u64, n: u64| -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; n as usize];
@@ -75,6 +80,43 @@ fn head_and_tail(path: &Path) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
     Ok((head, tail))
 }
 
+/// The prefix of the named copies older versions of rivet made.
+const LEFTOVER_PREFIX: &str = "rivet-image-";
+
+/// Removes the copies a previous run left in `dir` (files named `rivet-image-*`); returns how
+/// many. Called once at start-up by `rivet serve` and `rivet deploy`.
+pub fn remove_leftovers(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let stale = name.to_string_lossy().starts_with(LEFTOVER_PREFIX)
+            && e.file_type().is_ok_and(|t| t.is_file());
+        if !stale {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => {
+                tracing::warn!(path = %e.path().display(), "removed an image copy a previous run left");
+                removed += 1;
+            }
+            Err(err) => {
+                tracing::warn!(path = %e.path().display(), "cannot remove a leftover image copy: {err}")
+            }
+        }
+    }
+    removed
+}
+
+/// Where the temp-file path keeps its copy: `image_tmp_dir`, else the system's temp dir.
+pub fn tmp_dir(configured: Option<&Path>) -> PathBuf {
+    configured
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
 /// Deploys `info` through a temporary copy. `hint` is the format the stream showed, if a
 /// streaming attempt came first.
 pub(super) fn deploy(
@@ -85,26 +127,27 @@ pub(super) fn deploy(
     opts: &DeployOptions,
     hint: Option<Format>,
 ) -> Result<Written> {
-    let dir = opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let tmp = tempfile::Builder::new()
-        .prefix("rivet-image-")
-        .tempfile_in(&dir)
-        .map_err(|e| {
-            AgentError::download(
-                &info.id,
-                format!(
-                    "Unable to create a temporary file in {}: {e}",
-                    dir.display()
-                ),
-            )
-        })?;
-    let path = tmp.path().to_owned();
+    let dir = tmp_dir(opts.tmp_dir.as_deref());
+    let mut file = tempfile::tempfile_in(&dir).map_err(|e| {
+        AgentError::download(
+            &info.id,
+            format!(
+                "Unable to create a temporary file in {}: {e}",
+                dir.display()
+            ),
+        )
+    })?;
+    // What qemu-img opens: this process's descriptor of the nameless file.
+    let path = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        file.as_raw_fd()
+    ));
     tracing::info!(
-        path = %path.display(),
+        dir = %dir.display(),
         format = hint.map(Format::name).unwrap_or("not yet known"),
         "temp-file path: downloading to a local copy"
     );
-    let mut file = tmp.reopen().map_err(|e| write_error(info, &path, &e))?;
     let mut sink = FileSink {
         file: &mut file,
         path: &path,
@@ -117,7 +160,7 @@ pub(super) fn deploy(
     if !expected.matches(&digest) {
         return Err(checksum_error(info, &path, &digest, expected));
     }
-    let (head, tail) = head_and_tail(&path).map_err(|e| write_error(info, &path, &e))?;
+    let (head, tail) = head_and_tail(&file).map_err(|e| write_error(info, &path, &e))?;
     let p = &opts.policy;
     let found = inspect::check(&head, p.disk_format.as_deref(), &p.permitted, p.deep)?;
     // What only the end of the file can tell (a VMDK footer qemu-img would prefer over the
@@ -148,9 +191,9 @@ pub(super) fn deploy(
     // qemu-img writes behind the target's back: from here on the disk counts as written.
     target.mark_touched();
     convert::qemu_img_convert(&path, qemu_format, target.path(), target.is_block())?;
-    let gpt = finish_disk(target, size).map_err(|e| write_error(info, target.path(), &e))?;
+    let gpt = finish_disk(info, target, size)?;
     tracing::info!(image = %info.id, bytes = size, "image converted by qemu-img and written");
-    drop(tmp); // removes the copy
+    drop(file); // the copy's last descriptor: its space is freed
     Ok(Written {
         url,
         bytes: size,

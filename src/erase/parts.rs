@@ -1,7 +1,8 @@
-//! The partitions an erase must reach: those in the on-disk table (gptman/mbrman, any
-//! logical sector size, MBR logical partitions included) and those the kernel has (sysfs),
-//! which can differ when a table was rewritten without a re-read. A small adapter of our own:
-//! `disk::layout` is being reorganised, and the erase also needs the partition *types*.
+//! The partitions an erase must reach: those in the on-disk table (any logical sector size,
+//! MBR logical partitions included) and those the kernel has (sysfs), which can differ when a
+//! table was rewritten without a re-read. The table is read through
+//! `disk::partitions::bounds`, like every table rivet reads: a hostile one is refused before
+//! gptman/mbrman see it (then only the kernel's partitions and the disk's ends are erased).
 
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -35,9 +36,17 @@ pub(crate) struct Partition {
 /// Reads the GPT (trying the disk's logical sector size first, and the backup header when
 /// the primary is damaged), else the MBR. `None` when there is no table.
 pub(crate) fn read_table<R: Read + Seek>(r: &mut R, sector: u64) -> Option<Vec<Partition>> {
+    use crate::disk::partitions::bounds;
     let other = if sector == 512 { 4096 } else { 512 };
-    let gpt = gptman::GPT::read_from(r, sector).or_else(|_| gptman::GPT::read_from(r, other));
-    if let Ok(gpt) = gpt {
+    let bounded = |r: &mut R, ss: u64| match bounds::read_gpt(r, ss) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!("partition table not read: {e}");
+            None
+        }
+    };
+    let gpt = bounded(r, sector).or_else(|| bounded(r, other));
+    if let Some(gpt) = gpt {
         let ss = gpt.sector_size;
         return Some(
             gpt.iter()
@@ -52,7 +61,13 @@ pub(crate) fn read_table<R: Read + Seek>(r: &mut R, sector: u64) -> Option<Vec<P
         );
     }
     let ss = u32::try_from(sector).unwrap_or(512);
-    let mbr = mbrman::MBR::read_from(r, ss).ok()?;
+    let mbr = match bounds::read_mbr(r, u64::from(ss)) {
+        Ok(m) => m?,
+        Err(e) => {
+            tracing::warn!("partition table not read: {e}");
+            return None;
+        }
+    };
     Some(
         mbr.iter()
             .filter(|(_, p)| p.is_used())

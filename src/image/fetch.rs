@@ -23,9 +23,14 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::StatusCode;
 
 pub use super::http::fetch_bytes;
-use super::http::{auth_header, build_client, error_chain};
+use super::http::{auth_header, build_client, error_chain, read_body, BodyError};
 use super::info::ImageInfo;
 use crate::errors::{AgentError, Result};
+use stream::Cursor;
+
+/// The largest checksum file accepted: a `*SUMS` file of a whole distribution release is a
+/// few KiB; anything past this is not a checksum file (or never ends).
+pub const MAX_CHECKSUM_FILE: usize = 4 << 20;
 
 /// Download settings that come from the agent's configuration (docs/config.md#options).
 #[derive(Debug, Clone)]
@@ -56,6 +61,10 @@ pub struct FetchConfig {
     pub auth_password: Option<String>,
     /// `md5_enabled`: whether a 32-character checksum may be md5.
     pub md5_enabled: bool,
+    /// When the whole operation (a deploy: config drive, checksum file, image) must be over:
+    /// set by [`FetchConfig::starting_now`]; `None`: each download counts `max_duration` from
+    /// its own start.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for FetchConfig {
@@ -74,7 +83,27 @@ impl Default for FetchConfig {
             auth_user: None,
             auth_password: None,
             md5_enabled: false,
+            deadline: None,
         }
+    }
+}
+
+impl FetchConfig {
+    /// The same settings, with `max_duration` counted from now for everything fetched with
+    /// them (the deploy orchestrator calls this once, at its start).
+    pub fn starting_now(&self) -> FetchConfig {
+        FetchConfig {
+            deadline: self
+                .deadline
+                .or_else(|| self.max_duration.map(|d| Instant::now() + d)),
+            ..self.clone()
+        }
+    }
+
+    /// How long may still be spent (`None`: no limit).
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -143,7 +172,6 @@ pub struct ImageDownload {
     auth: Option<HeaderValue>,
     progress: Arc<Progress>,
     rt: tokio::runtime::Runtime,
-    started: Instant,
 }
 
 /// How one attempt ended when it did not succeed.
@@ -152,17 +180,6 @@ enum Failure {
     Retry(String),
     /// Stop everything.
     Stop(AgentError),
-}
-
-/// State of one URL across attempts, for resuming.
-#[derive(Default)]
-struct Cursor {
-    /// Bytes of the image handed to the sink.
-    offset: u64,
-    /// Total length of the image, when known.
-    total: Option<u64>,
-    /// `ETag` or `Last-Modified` of the first response, when the server allows ranges.
-    validator: Option<HeaderValue>,
 }
 
 impl ImageDownload {
@@ -178,12 +195,13 @@ impl ImageDownload {
         let auth = auth_header(info, cfg)?;
         Ok(ImageDownload {
             info: info.clone(),
-            cfg: cfg.clone(),
+            // max_duration is counted once for every attempt, pass and checksum file (SPEC
+            // §7.6), from the deploy's start when the orchestrator set a deadline.
+            cfg: cfg.starting_now(),
             client,
             auth,
             progress,
             rt,
-            started: Instant::now(),
         })
     }
 
@@ -208,7 +226,7 @@ impl ImageDownload {
                     Err(Failure::Retry(msg)) => {
                         tracing::warn!(url, "fetching checksum file failed, retrying: {msg}");
                         attempt += 1;
-                        tokio::time::sleep(self.cfg.retry_interval).await;
+                        self.pause(self.cfg.retry_interval).await?;
                     }
                 }
             }
@@ -216,18 +234,46 @@ impl ImageDownload {
     }
 
     async fn text_once(&self, url: &str) -> std::result::Result<String, Failure> {
+        let too_large = || {
+            Failure::Stop(AgentError::download(
+                url,
+                format!(
+                    "Checksum file {url} is larger than 4 MiB ({MAX_CHECKSUM_FILE} bytes): \
+                     not a checksum file"
+                ),
+            ))
+        };
         if let Some(path) = file_path(url) {
-            return std::fs::read_to_string(&path)
-                .map_err(|e| Failure::Stop(AgentError::download(url, format!("{path}: {e}"))));
+            use std::io::Read;
+            let mut text = Vec::new();
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(MAX_CHECKSUM_FILE as u64 + 1).read_to_end(&mut text))
+                .map_err(|e| Failure::Stop(AgentError::download(url, format!("{path}: {e}"))))?;
+            if text.len() > MAX_CHECKSUM_FILE {
+                return Err(too_large());
+            }
+            return Ok(String::from_utf8_lossy(&text).into_owned());
+        }
+        if self.time_left() == Some(Duration::ZERO) {
+            return Err(Failure::Stop(self.timeout_error()));
         }
         let resp = self.send(url, None).await?;
         let status = resp.status();
         if status != StatusCode::OK {
             return Err(status_failure(url, url, resp).await);
         }
-        resp.text()
-            .await
-            .map_err(|e| Failure::Retry(format!("Error reading {url}: {e}")))
+        let (stall, deadline) = (self.cfg.connection_timeout, self.cfg.deadline);
+        match read_body(resp, MAX_CHECKSUM_FILE, stall, deadline).await {
+            Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Err(BodyError::TooLarge(_)) => Err(too_large()),
+            Err(BodyError::Deadline) => Err(Failure::Stop(self.timeout_error())),
+            Err(BodyError::Stalled(d)) => Err(Failure::Retry(format!(
+                "Timed out reading {url}: no data for {d:?}"
+            ))),
+            Err(BodyError::Transport(e)) => {
+                Err(Failure::Retry(format!("Error reading {url}: {e}")))
+            }
+        }
     }
 
     /// Reads the first `n` bytes of the image and its total length, without downloading the
@@ -268,8 +314,14 @@ impl ImageDownload {
                 };
                 let mut head = Vec::with_capacity(n);
                 let mut body = resp.bytes_stream();
+                // The probe is a shortcut: it gets one stall timeout in all, never past the
+                // operation's deadline (a trickling server cannot hold it for long).
+                let until = tokio::time::Instant::now()
+                    + self.time_left().map_or(self.cfg.connection_timeout, |l| {
+                        l.min(self.cfg.connection_timeout)
+                    });
                 while head.len() < n {
-                    match tokio::time::timeout(self.cfg.connection_timeout, body.next()).await {
+                    match tokio::time::timeout_at(until, body.next()).await {
                         Ok(Some(Ok(c))) => {
                             head.extend_from_slice(&c[..c.len().min(n - head.len())])
                         }
@@ -284,8 +336,8 @@ impl ImageDownload {
 
     /// Downloads the image into `sink`, trying each URL in turn. Returns the URL that worked.
     pub fn run(&mut self, sink: &mut dyn Sink) -> Result<String> {
-        // `started` is set once, in new(): max_duration covers every attempt and pass (SPEC
-        // §7.6), including the pipeline's checksum retries and the temp-file fallback.
+        // The deadline is set once, in new(): max_duration covers every attempt and pass
+        // (SPEC §7.6), including the pipeline's checksum retries and the temp-file fallback.
         let urls = self.info.urls.clone();
         let mut records = Vec::new();
         let mut dirty = false;
@@ -349,9 +401,7 @@ impl ImageDownload {
     }
 
     fn time_left(&self) -> Option<Duration> {
-        self.cfg
-            .max_duration
-            .map(|m| m.saturating_sub(self.started.elapsed()))
+        self.cfg.time_left()
     }
 
     fn timeout_error(&self) -> AgentError {
@@ -375,8 +425,16 @@ impl ImageDownload {
                 .header(header::RANGE, format!("bytes={from}-"))
                 .header(header::IF_RANGE, validator.clone());
         }
-        // The connect timeout is on the client; this bounds the wait for the response head.
-        match tokio::time::timeout(self.cfg.connection_timeout, req.send()).await {
+        // The connect timeout is on the client; this bounds the wait for the response head,
+        // never past the max duration.
+        let wait = match self.time_left() {
+            Some(left) => left.min(self.cfg.connection_timeout),
+            None => self.cfg.connection_timeout,
+        };
+        match tokio::time::timeout(wait, req.send()).await {
+            Err(_) if self.time_left() == Some(Duration::ZERO) => {
+                Err(Failure::Stop(self.timeout_error()))
+            }
             Err(_) => Err(Failure::Retry(format!(
                 "Timed out waiting for a response from {url}"
             ))),
@@ -407,107 +465,17 @@ impl ImageDownload {
         };
         let resp = self.send(url, range).await?;
         let status = resp.status();
-        let id = self.info.id.as_str();
-        if resuming && status == StatusCode::PARTIAL_CONTENT {
-            let start = content_range_start(resp.headers());
-            let total = content_range_total(resp.headers());
-            let changed = matches!((cur.total, total), (Some(a), Some(b)) if a != b);
-            if start != Some(cur.offset) || changed {
-                // Not the same file any more (or a confused server): start over from byte 0.
-                tracing::warn!(
-                    url,
-                    "the resumed answer does not continue the file; restarting"
-                );
-                cur.validator = None;
-                return Err(Failure::Retry(format!(
-                    "Server answered a range request for byte {} from byte {start:?} of {total:?} bytes",
-                    cur.offset
-                )));
-            }
-            if cur.total.is_none() {
-                cur.total = total;
-                self.progress.set_content_length(total);
-            }
-            tracing::info!(url, offset = cur.offset, "resuming the download");
-        } else if resuming && status == StatusCode::RANGE_NOT_SATISFIABLE {
-            tracing::warn!(url, "the server refused to resume; restarting from byte 0");
-            cur.validator = None;
-            return Err(Failure::Retry(format!(
-                "Received status code 416 from {url} when resuming"
-            )));
-        } else if status == StatusCode::OK {
-            if cur.offset > 0 {
-                tracing::warn!(url, "the download cannot resume; restarting from byte 0");
-                sink.reset().map_err(Failure::Stop)?;
-                self.progress.reset_written();
-            }
-            cur.offset = 0;
-            self.progress.set_transferred(0);
-            cur.total = resp.content_length();
-            cur.validator = resume_validator(resp.headers());
-            self.progress.set_content_length(cur.total);
-            if let Some(len) = cur.total {
-                sink.expect_len(len).map_err(Failure::Stop)?;
-            }
-        } else {
-            return Err(status_failure(id, url, resp).await);
+        let answered = status == StatusCode::OK
+            || (resuming
+                && matches!(
+                    status,
+                    StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE
+                ));
+        if !answered {
+            return Err(status_failure(&self.info.id, url, resp).await);
         }
-
-        let mut body = resp.bytes_stream();
-        loop {
-            let stall = self.cfg.connection_timeout;
-            let wait = match self.time_left() {
-                Some(left) if left < stall => left,
-                _ => stall,
-            };
-            let next = match tokio::time::timeout(wait, body.next()).await {
-                Ok(n) => n,
-                Err(_) if self.time_left() == Some(Duration::ZERO) => {
-                    return Err(Failure::Stop(self.timeout_error()))
-                }
-                Err(_) => {
-                    return Err(Failure::Retry(
-                        "Timed out reading next chunk from webserver".into(),
-                    ))
-                }
-            };
-            match next {
-                Some(Ok(chunk)) => {
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                    let n = chunk.len() as u64;
-                    if cur.total.is_some_and(|t| cur.offset + n > t) {
-                        return Err(Failure::Retry(format!(
-                            "Received more than the {} bytes announced",
-                            cur.total.unwrap_or(0)
-                        )));
-                    }
-                    tracing::trace!(len = n, "chunk");
-                    sink.data(chunk).map_err(Failure::Stop)?;
-                    cur.offset += n;
-                    self.progress.set_transferred(cur.offset);
-                    if self.time_left() == Some(Duration::ZERO) {
-                        return Err(Failure::Stop(self.timeout_error()));
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(Failure::Retry(format!(
-                        "Error reading the image from {url} after {} bytes: {}",
-                        cur.offset,
-                        error_chain(&e)
-                    )))
-                }
-                None => break,
-            }
-        }
-        match cur.total {
-            Some(total) if cur.offset < total => Err(Failure::Retry(format!(
-                "The server closed the connection after {} of {total} bytes",
-                cur.offset
-            ))),
-            _ => Ok(()),
-        }
+        let decoding = self.start_response(url, status, resp.headers(), cur, sink)?;
+        self.stream_body(url, resp, decoding, cur, sink).await
     }
 
     /// `file://` URLs: for people with the image at hand (and the demo). Read in 1 MiB chunks.
@@ -607,5 +575,6 @@ fn content_range_start(h: &HeaderMap) -> Option<u64> {
     rest.split('-').next()?.trim().parse().ok()
 }
 
+mod stream;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,8 @@
 //! client with its TLS settings and per-request proxies, the auth header in IPA's order, and
 //! whole-body fetches of small resources.
 
+use std::time::{Duration, Instant};
+
 use base64::Engine;
 use futures_util::StreamExt;
 use reqwest::header::HeaderValue;
@@ -129,6 +131,12 @@ fn configure(
     let mut b = reqwest::Client::builder()
         .connect_timeout(cfg.connection_timeout)
         .tcp_nodelay(true)
+        // The bytes as stored: the checksum is of them, and ranges mean what they say. A
+        // server that encodes anyway is decoded (gzip, deflate): see `image::encoding`.
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        )]))
         .tls_version_min(if cfg.tls_min_version == crate::config::TlsVersion::V13 {
             reqwest::tls::Version::TLS_1_3
         } else {
@@ -171,23 +179,98 @@ fn configure(
     Ok(b)
 }
 
+/// Why reading a whole body stopped.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// The body is larger than the limit (announced or received).
+    TooLarge(usize),
+    /// No byte arrived for this long.
+    Stalled(Duration),
+    /// The operation's deadline passed.
+    Deadline,
+    /// The connection failed.
+    Transport(String),
+}
+
+/// Reads a whole body of at most `limit` bytes (a checksum file, a config drive), refusing a
+/// larger one as soon as it is announced or received: never more than `limit` in memory
+/// (decoded, when the server encodes it anyway). Each
+/// read waits at most `stall`, and none goes past `deadline`.
+pub(crate) async fn read_body(
+    resp: reqwest::Response,
+    limit: usize,
+    stall: Duration,
+    deadline: Option<Instant>,
+) -> Result<Vec<u8>, BodyError> {
+    let encoded = resp
+        .headers()
+        .contains_key(reqwest::header::CONTENT_ENCODING);
+    if !encoded && resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let mut decoding =
+        super::encoding::Decoding::for_response(resp.headers()).map_err(BodyError::Transport)?;
+    let mut out = Vec::new();
+    let mut body = resp.bytes_stream();
+    let mut keep = |b: bytes::Bytes| {
+        if out.len() + b.len() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        out.extend_from_slice(&b);
+        Ok(())
+    };
+    let decoded = |e: super::encoding::DecodeError<BodyError>| match e {
+        super::encoding::DecodeError::Sink(e) => e,
+        super::encoding::DecodeError::Corrupt(e) => BodyError::Transport(e.to_string()),
+    };
+    loop {
+        let wait = match deadline {
+            Some(d) => stall.min(d.saturating_duration_since(Instant::now())),
+            None => stall,
+        };
+        let chunk = match tokio::time::timeout(wait, body.next()).await {
+            Ok(Some(chunk)) => chunk.map_err(|e| BodyError::Transport(error_chain(&e)))?,
+            Ok(None) => break,
+            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Err(BodyError::Deadline)
+            }
+            Err(_) => return Err(BodyError::Stalled(stall)),
+        };
+        decoding.push(chunk, &mut keep).map_err(decoded)?;
+    }
+    decoding.finish(&mut keep).map_err(decoded)?;
+    Ok(out)
+}
+
 /// Fetches a small resource whole (a config drive given by URL): the TLS settings apply, but
-/// no proxies and no image auth, as IPA does; at most `limit` bytes are accepted.
+/// no proxies and no image auth, as IPA does; at most `limit` bytes are accepted. The wait for
+/// each read is bounded by `connection_timeout`, the whole by `cfg`'s max duration.
 pub fn fetch_bytes(
     url: &str,
     cfg: &FetchConfig,
     limit: usize,
 ) -> std::result::Result<Vec<u8>, String> {
-    let client = build_client(cfg, &Default::default(), None).map_err(|e| e.to_string())?;
+    let cfg = cfg.starting_now();
+    let client = build_client(&cfg, &Default::default(), None).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let over = || {
+        format!(
+            "exceeded image_download_max_duration ({} seconds)",
+            cfg.max_duration.map(|d| d.as_secs()).unwrap_or(0)
+        )
+    };
     rt.block_on(async {
-        let resp = tokio::time::timeout(cfg.connection_timeout, client.get(url).send())
-            .await
-            .map_err(|_| format!("timed out after {:?}", cfg.connection_timeout))?
-            .map_err(|e| error_chain(&e))?;
+        let wait = cfg
+            .time_left()
+            .map_or(cfg.connection_timeout, |l| l.min(cfg.connection_timeout));
+        let resp = match tokio::time::timeout(wait, client.get(url).send()).await {
+            Err(_) if cfg.time_left() == Some(Duration::ZERO) => return Err(over()),
+            Err(_) => return Err(format!("timed out after {:?}", cfg.connection_timeout)),
+            Ok(r) => r.map_err(|e| error_chain(&e))?,
+        };
         let status = resp.status();
         if status.as_u16() >= 400 {
             return Err(format!(
@@ -195,18 +278,13 @@ pub fn fetch_bytes(
                 status.as_u16()
             ));
         }
-        let mut out = Vec::new();
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = tokio::time::timeout(cfg.connection_timeout, body.next())
+        read_body(resp, limit, cfg.connection_timeout, cfg.deadline)
             .await
-            .map_err(|_| "timed out reading the body".to_string())?
-        {
-            let chunk = chunk.map_err(|e| error_chain(&e))?;
-            if out.len() + chunk.len() > limit {
-                return Err(format!("larger than {limit} bytes"));
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
+            .map_err(|e| match e {
+                BodyError::TooLarge(n) => format!("larger than {n} bytes"),
+                BodyError::Stalled(d) => format!("timed out reading the body (no data for {d:?})"),
+                BodyError::Deadline => over(),
+                BodyError::Transport(t) => t,
+            })
     })
 }

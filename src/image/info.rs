@@ -35,7 +35,9 @@ pub struct ImageInfo {
     pub stream_raw_images: bool,
     /// `partition` for partition images; anything else is a whole-disk image.
     pub image_type: Option<String>,
-    /// Per-request proxies: scheme (`http`, `https`) → proxy URL.
+    /// Per-request proxies: scheme (`http`, `https`) → proxy URL. `null`, or a scheme mapped
+    /// to `null` or `""`, means none (as in IPA, where requests ignores them).
+    #[serde(deserialize_with = "lenient_proxies")]
     pub proxies: BTreeMap<String, String>,
     /// Comma-separated hosts that bypass the proxies.
     pub no_proxy: Option<String>,
@@ -106,6 +108,55 @@ impl ImageInfo {
 pub fn is_http_url(s: &str) -> bool {
     let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
     lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// The scheme of something that looks like a URL (`scheme://...`), lowercased.
+fn url_scheme(s: &str) -> Option<String> {
+    let (scheme, _) = s.trim().split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    valid.then(|| scheme.to_ascii_lowercase())
+}
+
+/// Refuses, before any byte is read, every URL of a deploy whose scheme is not http or https:
+/// the image URLs (`file` too when `allow_file`: the CLI, where the operator asks for it; never
+/// through the agent's API, where it would write any file of the ramdisk to the disk and leak
+/// its digest), checksum-file URLs and a config drive URL (http or https only, everywhere).
+pub fn check_url_schemes(
+    info: &ImageInfo,
+    configdrive: Option<&str>,
+    allow_file: bool,
+) -> Result<()> {
+    let web = |s: &str| matches!(s, "http" | "https");
+    for url in &info.urls {
+        match url_scheme(url) {
+            Some(s) if web(&s) || (allow_file && s == "file") => {}
+            Some(s) => {
+                return Err(invalid(format!(
+                    "Image URL {url} has the scheme '{s}': only http and https are allowed."
+                )))
+            }
+            None => {
+                return Err(invalid(format!(
+                    "Image URL {url} is not an http or https URL."
+                )))
+            }
+        }
+    }
+    let values = [
+        ("checksum", info.checksum.as_deref()),
+        ("os_hash_value", info.os_hash_value.as_deref()),
+        ("configdrive", configdrive),
+    ];
+    for (field, value) in values {
+        if let Some(s) = value.and_then(url_scheme).filter(|s| !web(s)) {
+            return Err(invalid(format!(
+                "Image '{field}' is a URL with the scheme '{s}': only http and https are allowed."
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn invalid(msg: impl Into<String>) -> AgentError {
@@ -180,6 +231,17 @@ fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D:
         Value::Number(n) => n.as_i64().unwrap_or(0) != 0,
         _ => false,
     })
+}
+
+/// Accepts a map of scheme → proxy URL, or null; schemes mapped to null or `""` are dropped.
+fn lenient_proxies<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    let m = Option::<BTreeMap<String, Option<String>>>::deserialize(d)?;
+    Ok(m.unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| (k, v)))
+        .collect())
 }
 
 /// Accepts an integer or a string of digits (Ironic sends `root_mb` either way), or null.
@@ -298,11 +360,47 @@ mod tests {
     }
 
     #[test]
+    fn proxies_may_be_null() {
+        let mut v = base();
+        v["proxies"] = Value::Null;
+        assert!(ImageInfo::from_value(&v, false).unwrap().proxies.is_empty());
+        v["proxies"] = json!({"http": null, "https": "", "all": "http://p:3128"});
+        let p = ImageInfo::from_value(&v, false).unwrap().proxies;
+        assert_eq!(p.len(), 1);
+        assert_eq!(p["all"], "http://p:3128");
+        v["proxies"] = json!("http://p");
+        assert!(err(&v, false).contains("invalid field"));
+    }
+
+    #[test]
     fn wrong_types_are_reported() {
         let mut v = base();
         v["root_mb"] = json!([1]);
         assert!(err(&v, false).contains("invalid field"));
         assert!(ImageInfo::from_value(&json!([1]), false).is_err());
+    }
+
+    #[test]
+    fn only_web_schemes_unless_the_cli_allows_files() {
+        let mut i = ImageInfo::from_value(&base(), false).unwrap();
+        assert!(check_url_schemes(&i, None, false).is_ok());
+        assert!(check_url_schemes(&i, Some("H4sIAAAA"), false).is_ok());
+        assert!(check_url_schemes(&i, Some("HTTPS://x/cd"), false).is_ok());
+        let e = check_url_schemes(&i, Some("file:///etc/shadow"), true).unwrap_err();
+        assert_eq!(e.type_name(), "InvalidCommandParamsError");
+        assert!(e
+            .details()
+            .contains("'configdrive' is a URL with the scheme 'file'"));
+        i.urls = vec!["http://a/x".into(), "FILE:///etc/shadow".into()];
+        let e = check_url_schemes(&i, None, false).unwrap_err();
+        assert!(e.details().contains("scheme 'file'"), "{e}");
+        assert!(check_url_schemes(&i, None, true).is_ok());
+        i.urls = vec!["/etc/shadow".into()];
+        assert!(check_url_schemes(&i, None, true).is_err());
+        i.urls = vec!["http://a/x".into()];
+        i.os_hash_value = Some("ftp://a/SHA256SUMS".into());
+        let e = check_url_schemes(&i, None, true).unwrap_err();
+        assert!(e.details().contains("'os_hash_value'"), "{e}");
     }
 
     #[test]

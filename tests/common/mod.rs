@@ -56,6 +56,30 @@ pub enum Route {
     /// Advertise ranges, cut the first answer after `after` bytes, then answer every range
     /// request with 416 (and plain requests in full).
     Cut416 { data: Arc<Vec<u8>>, after: usize },
+    /// No Content-Length and a body that never ends: `chunk` again and again until the client
+    /// goes away (or `max_secs` pass).
+    Endless { chunk: Arc<Vec<u8>>, max_secs: u64 },
+    /// The file changes between requests: the first answer is `old`, cut after `after` bytes,
+    /// with Accept-Ranges and the extra header lines `first` (e.g. `ETag: "v1"\r\n`); every
+    /// later answer is `new` with the header lines `later`, honouring Range and ignoring
+    /// If-Range (a server that does not implement it).
+    Swap {
+        old: Arc<Vec<u8>>,
+        new: Arc<Vec<u8>>,
+        after: usize,
+        first: String,
+        later: String,
+    },
+    /// `body` (already encoded) with `Content-Encoding: <encoding>`; the first `cut_times`
+    /// answers are cut after half the body.
+    Encoded {
+        body: Arc<Vec<u8>>,
+        encoding: String,
+        cut_times: usize,
+    },
+    /// Claim the full length, then send one byte every `every_ms` (never a stall long enough
+    /// for a stall timeout, yet the body takes `data.len() * every_ms` to arrive).
+    Trickle { data: Arc<Vec<u8>>, every_ms: u64 },
 }
 
 /// One request the server saw.
@@ -214,6 +238,77 @@ fn handle(
             } else {
                 serve(&mut out, &data, true, None, None)
             }
+        }
+        Some(Route::Swap {
+            old,
+            new,
+            after,
+            first,
+            later,
+        }) => {
+            if n == 1 {
+                write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nAccept-Ranges: bytes\r\n{first}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    old.len()
+                )?;
+                out.write_all(&old[..after])?;
+                return Ok(());
+            }
+            let f = range_from.filter(|&f| f < new.len()).unwrap_or(0);
+            let head = if range_from.is_some() {
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {f}-{}/{}\r\n",
+                    new.len() - 1,
+                    new.len()
+                )
+            } else {
+                "HTTP/1.1 200 OK\r\n".to_string()
+            };
+            write!(
+                out,
+                "{head}Accept-Ranges: bytes\r\n{later}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                new.len() - f
+            )?;
+            out.write_all(&new[f..])
+        }
+        Some(Route::Encoded {
+            body,
+            encoding,
+            cut_times,
+        }) => {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Encoding: {encoding}\r\nAccept-Ranges: bytes\r\nETag: \"e1\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            let end = if n <= cut_times {
+                body.len() / 2
+            } else {
+                body.len()
+            };
+            out.write_all(&body[..end])
+        }
+        Some(Route::Endless { chunk, max_secs }) => {
+            write!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            let end = std::time::Instant::now() + Duration::from_secs(max_secs);
+            while std::time::Instant::now() < end {
+                out.write_all(&chunk)?;
+            }
+            Ok(())
+        }
+        Some(Route::Trickle { data, every_ms }) => {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                data.len()
+            )?;
+            for b in data.iter() {
+                out.write_all(&[*b])?;
+                out.flush()?;
+                std::thread::sleep(Duration::from_millis(every_ms));
+            }
+            Ok(())
         }
         Some(Route::NoLength { data }) => {
             write!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
@@ -425,6 +520,19 @@ impl AgentProc {
         Self::spawn(dir, free_port(), args, env)
     }
 
+    /// `rivet serve` started through a wrapper command (e.g. `prlimit --nofile=64:4096 --`).
+    pub fn start_wrapped(dir: &Path, wrapper: &[&str], args: &[&str]) -> AgentProc {
+        let cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_rivet"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rivet")),
+        };
+        Self::spawn_with(cmd, dir, free_port(), args, &[])
+    }
+
     /// `rivet serve` for tests that erase: `--block-devices` names only `devices`, and the
     /// agent runs in a private mount namespace whose `/dev` holds only their nodes
     /// ([`PrivateDev`]), so no bug can reach another disk.
@@ -489,6 +597,18 @@ impl AgentProc {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's process id (through a wrapper that execs, the same process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many descriptors the agent has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 

@@ -136,8 +136,10 @@ fn run(
     match name {
         "write_image" => {
             let info = arg("image_info");
-            standby::validate_image_info(&info, agent.settings().md5_enabled)?;
-            let msg = standby::prepare_image(agent, info, string_arg("configdrive")?, progress)?;
+            let configdrive = string_arg("configdrive")?;
+            let md5 = agent.settings().md5_enabled;
+            standby::validate_image_info(&info, configdrive.as_deref(), md5)?;
+            let msg = standby::prepare_image(agent, info, configdrive, progress)?;
             Ok(json!({"result": format!("prepare_image: {msg}")}))
         }
         "execute_bootc_install" => {

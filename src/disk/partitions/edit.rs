@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 
+use super::bounds::{self, TableError};
 use super::{read_table, uuid_to_guid, Part, TableKind};
 
 /// Why a config drive partition could not be made (the caller words it as IPA does).
@@ -20,6 +21,9 @@ pub enum LayoutError {
     /// Reading or writing the table failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The table is out of bounds (see [`super::bounds`]).
+    #[error(transparent)]
+    Table(#[from] TableError),
 }
 
 const MIB: u64 = 1 << 20;
@@ -33,8 +37,9 @@ pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
     let disk = f.seek(SeekFrom::End(0))?;
     match table.kind {
         TableKind::Gpt => {
-            let mut gpt =
-                gptman::GPT::find_from(&mut f).map_err(|e| io::Error::other(e.to_string()))?;
+            let mut gpt = bounds::find_gpt(&mut f)?.ok_or(LayoutError::NoTable)?;
+            // gptman's free-space search underflows on overlapping or stray partitions.
+            bounds::check_layout(&gpt)?;
             let ss = gpt.sector_size;
             let want = size / ss;
             let (free_start, free_len) = gpt
@@ -78,8 +83,7 @@ pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
             })
         }
         TableKind::Mbr => {
-            let mut mbr =
-                mbrman::MBR::read_from(&mut f, 512).map_err(|e| io::Error::other(e.to_string()))?;
+            let mut mbr = bounds::read_mbr(&mut f, 512)?.ok_or(LayoutError::NoTable)?;
             let primaries = (1..=4).filter(|&i| mbr[i].is_used()).count();
             if primaries > 3 {
                 return Err(LayoutError::TooManyPrimaries(primaries));
@@ -89,7 +93,10 @@ pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
             let (start_mib, end_mib) = if disk_mib > 2_097_152 {
                 (2_097_087, 2_097_151)
             } else {
-                (disk_mib - size / MIB, disk_mib)
+                let start = disk_mib.checked_sub(size / MIB).ok_or_else(|| {
+                    LayoutError::NoSpace(format!("the disk is smaller than {} MiB", size / MIB))
+                })?;
+                (start, disk_mib)
             };
             let (start, end) = (start_mib * MIB / 512, end_mib * MIB / 512); // sectors, end exclusive
             let overlaps = mbr.iter().filter(|(_, p)| p.is_used()).any(|(_, p)| {

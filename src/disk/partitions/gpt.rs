@@ -4,6 +4,8 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
+use super::TableError;
+
 /// What [`relocate_backup_gpt`] found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GptFix {
@@ -17,15 +19,13 @@ pub enum GptFix {
 
 /// Moves the backup GPT header and partition array to the end of the disk when the image was
 /// smaller than the disk, and widens the usable range, like `sgdisk -e`. A protective MBR is
-/// resized to cover the disk; a hybrid MBR is left alone.
-pub fn relocate_backup_gpt(file: &File) -> io::Result<GptFix> {
+/// resized to cover the disk; a hybrid MBR is left alone. A table out of
+/// [`super::bounds`] is an error ([`TableError::OutOfBounds`]).
+pub fn relocate_backup_gpt(file: &File) -> Result<GptFix, TableError> {
     let mut file = file;
-    let mut gpt = match gptman::GPT::find_from(&mut file) {
-        Ok(g) => g,
-        Err(e) => {
-            tracing::debug!("no GPT found: {e}");
-            return Ok(GptFix::NoGpt);
-        }
+    let Some(mut gpt) = super::bounds::find_gpt(&mut file)? else {
+        tracing::debug!("no GPT found");
+        return Ok(GptFix::NoGpt);
     };
     let ss = gpt.sector_size;
     let last_lba = file.seek(SeekFrom::End(0))? / ss - 1;

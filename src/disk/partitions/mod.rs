@@ -4,18 +4,21 @@
 //! whole disk: no partition device nodes are needed (loop devices without `-P` make none).
 //!
 //! - [`read_table`]: what is on the disk ([`Table`], [`Part`]);
+//! - [`bounds`]: every table is checked on its raw bytes before gptman or mbrman reads it;
 //! - [`edit`]: a partition added at the end of the free space (config drives);
 //! - [`create`]: a new table from a plan (partition images);
 //! - [`gpt`]: the backup header moved to the end of a larger disk;
 //! - [`kernel`]: the kernel's partition list made equal to the table (BLKRRPART, else BLKPG);
 //! - [`types`]: partition type codes.
 
+pub mod bounds;
 pub(crate) mod create;
 pub(crate) mod edit;
 pub(crate) mod gpt;
 pub mod kernel;
 pub(crate) mod types;
 
+pub use bounds::TableError;
 pub use edit::{add_end_partition, LayoutError};
 pub use gpt::{relocate_backup_gpt, GptFix};
 
@@ -73,10 +76,16 @@ pub fn uuid_to_guid(u: &uuid::Uuid) -> [u8; 16] {
     ]
 }
 
-/// Reads the partition table, if any.
-pub fn read_table(file: &File) -> io::Result<Option<Table>> {
+/// Reads the partition table, if any. A table out of [`bounds`] is an error, not "no table".
+pub fn read_table(file: &File) -> Result<Option<Table>, TableError> {
     let mut f = file;
-    if let Ok(gpt) = gptman::GPT::find_from(&mut f) {
+    read_table_from(&mut f)
+}
+
+/// [`read_table`] from anything readable (a disk, an image in memory).
+#[doc(hidden)]
+pub fn read_table_from<R: Read + Seek>(f: &mut R) -> Result<Option<Table>, TableError> {
+    if let Some(gpt) = bounds::find_gpt(f)? {
         let ss = gpt.sector_size;
         let parts = gpt
             .iter()
@@ -94,27 +103,20 @@ pub fn read_table(file: &File) -> io::Result<Option<Table>> {
             parts,
         }));
     }
-    f.seek(SeekFrom::Start(0))?;
-    match mbrman::MBR::read_from(&mut f, 512) {
-        Ok(mbr) => {
-            let parts = mbr
-                .iter()
-                .filter(|(_, p)| p.is_used())
-                .map(|(n, p)| Part {
-                    number: n as u32,
-                    start: u64::from(p.starting_lba) * 512,
-                    size: u64::from(p.sectors) * 512,
-                    uuid: None,
-                })
-                .collect();
-            Ok(Some(Table {
-                kind: TableKind::Mbr,
-                sector: 512,
-                parts,
-            }))
-        }
-        Err(_) => Ok(None),
-    }
+    Ok(bounds::read_mbr(f, 512)?.map(|mbr| Table {
+        kind: TableKind::Mbr,
+        sector: 512,
+        parts: mbr
+            .iter()
+            .filter(|(_, p)| p.is_used())
+            .map(|(n, p)| Part {
+                number: n as u32,
+                start: u64::from(p.starting_lba) * 512,
+                size: u64::from(p.sectors) * 512,
+                uuid: None,
+            })
+            .collect(),
+    }))
 }
 
 /// The MBR disk signature (bytes 440–443, little-endian) as IPA reports a whole-disk image's
@@ -134,7 +136,8 @@ pub fn read_sector0(file: &mut File) -> io::Result<[u8; 512]> {
 }
 
 /// `_validate_partitioning`: after an image is written the disk must hold a readable partition
-/// table with at least one partition (read natively instead of `parted`).
+/// table with at least one partition (read natively instead of `parted`). A table out of
+/// [`bounds`] is refused as an unsafe image (`InvalidImage`).
 pub fn check_after_write(device: &std::path::Path) -> Result<(), crate::errors::AgentError> {
     use crate::errors::AgentError;
     let no_table = |why: &dyn std::fmt::Display| {
@@ -146,9 +149,11 @@ pub fn check_after_write(device: &std::path::Path) -> Result<(), crate::errors::
     };
     let f = File::open(device)
         .map_err(|e| no_table(&format!("cannot open {}: {e}", device.display())))?;
-    let table = read_table(&f)
-        .map_err(|e| no_table(&e))?
-        .ok_or_else(|| no_table(&"no GPT or MBR found"))?;
+    let table = match read_table(&f) {
+        Ok(t) => t.ok_or_else(|| no_table(&"no GPT or MBR found"))?,
+        Err(e @ TableError::OutOfBounds(_)) => return Err(unsafe_table(device, &e)),
+        Err(e) => return Err(no_table(&e)),
+    };
     if table.parts.is_empty() {
         return Err(AgentError::Deployment(format!(
             "No partitions found on the device {} after writing the image.",
@@ -156,6 +161,14 @@ pub fn check_after_write(device: &std::path::Path) -> Result<(), crate::errors::
         )));
     }
     Ok(())
+}
+
+/// IPA's error for an image whose partition table is refused by [`bounds`].
+pub fn unsafe_table(device: &std::path::Path, e: &TableError) -> crate::errors::AgentError {
+    crate::errors::AgentError::InvalidImage(format!(
+        "Security: Image failed safety check: {e} (written to {})",
+        device.display()
+    ))
 }
 
 /// Makes the kernel's partition list of `disk` equal the table on it, as `partprobe` does
