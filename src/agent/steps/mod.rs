@@ -84,11 +84,12 @@ pub fn execute_step(
         )));
     }
     let Some(name) = step.get("step").and_then(Value::as_str) else {
+        // IPA raises a plain ValueError here, outside the step's own error wrapping: the
+        // command runner turns it into CommandExecutionError.
         let what = phase.name();
-        return Err(unexpected(
-            phase,
-            format!("Malformed {what}_step, no \"step\" key: {step}"),
-        ));
+        return Err(AgentError::CommandExecution(format!(
+            "Malformed {what}_step, no \"step\" key: {step}"
+        )));
     };
     let args = step.get("args").cloned().unwrap_or_else(|| json!({}));
     tracing::info!(phase = phase.name(), step = name, "running step");
