@@ -48,6 +48,13 @@ pub enum WritePath {
     Qcow2Stream,
     /// Downloaded to a temporary file, then `qemu-img convert`.
     TempFile,
+    /// A compressed image decompressed while streaming: raw inside, or qcow2 converted.
+    Decompressed {
+        /// The compression.
+        codec: crate::image::format::compress::Codec,
+        /// The image inside was qcow2 (converted while streaming).
+        qcow2: bool,
+    },
 }
 
 /// Why the decode stage stopped.

@@ -117,6 +117,9 @@ pub(super) fn deploy(
     if !expected.matches(&digest) {
         return Err(checksum_error(info, &path, &digest, expected));
     }
+    // A compressed copy: the inspector and qemu-img see the image inside.
+    let inner = super::decompress::unpack_file(&path, target.capacity(), &info.id)?;
+    let path = inner.as_ref().map_or(path, |t| t.path().to_owned());
     let (head, tail) = head_and_tail(&path).map_err(|e| write_error(info, &path, &e))?;
     let p = &opts.policy;
     let found = inspect::check(&head, p.disk_format.as_deref(), &p.permitted, p.deep)?;
@@ -150,6 +153,7 @@ pub(super) fn deploy(
     convert::qemu_img_convert(&path, qemu_format, target.path(), target.is_block())?;
     let gpt = finish_disk(target, size).map_err(|e| write_error(info, target.path(), &e))?;
     tracing::info!(image = %info.id, bytes = size, "image converted by qemu-img and written");
+    drop(inner);
     drop(tmp); // removes the copy
     Ok(Written {
         url,

@@ -88,8 +88,7 @@ impl Gzip {
                     match header_len(h)? {
                         Some(n) => {
                             input = &input[n - had..];
-                            self.state =
-                                State::Body(Box::new(Decompress::new(false)), Crc::new());
+                            self.state = State::Body(Box::new(Decompress::new(false)), Crc::new());
                         }
                         None if h.len() >= GZIP_HEADER_MAX => {
                             return Err(corrupt(Codec::Gzip, "member header too long"))

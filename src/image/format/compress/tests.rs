@@ -90,7 +90,10 @@ fn concatenated_members_are_one_image() {
     assert_eq!(run(&x, 4096).unwrap(), whole);
     // zstd: a skippable frame between frames.
     let skip = [&[0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0][..], b"abc"].concat();
-    assert_eq!(run(&[zst(&a), skip, zst(&b)].concat(), 4096).unwrap(), whole);
+    assert_eq!(
+        run(&[zst(&a), skip, zst(&b)].concat(), 4096).unwrap(),
+        whole
+    );
 }
 
 #[test]
@@ -100,7 +103,10 @@ fn a_truncated_stream_is_an_error() {
         for cut in [c.len() - 1, c.len() - 5, c.len() / 2, 20] {
             let e = run(&c[..cut], 8192).unwrap_err();
             assert!(
-                matches!(e, CompressError::Truncated(_) | CompressError::Corrupt { .. }),
+                matches!(
+                    e,
+                    CompressError::Truncated(_) | CompressError::Corrupt { .. }
+                ),
                 "{e}"
             );
         }
@@ -122,7 +128,10 @@ fn trailing_garbage_is_an_error() {
                 continue;
             }
             let e = run(&bad, 4096).unwrap_err();
-            assert!(matches!(e, CompressError::TrailingGarbage(_)), "{codec}: {e}");
+            assert!(
+                matches!(e, CompressError::TrailingGarbage(_)),
+                "{codec}: {e}"
+            );
         }
     }
 }

@@ -65,7 +65,8 @@ impl Inflate for Xz {
                     }
                     self.state = State::Stream(Box::new(decoder()?));
                     // The next stream's first bytes: a wrong magic is trailing garbage.
-                    if !input.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00][..input.len().min(6)])
+                    if !input
+                        .starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00][..input.len().min(6)])
                     {
                         return Err(CompressError::TrailingGarbage(Codec::Xz));
                     }

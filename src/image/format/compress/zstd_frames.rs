@@ -26,7 +26,11 @@ impl Zstd {
         })
     }
 
-    fn run(&mut self, input: &[u8], out: &mut Output<'_>) -> Result<(usize, usize, bool), CompressError> {
+    fn run(
+        &mut self,
+        input: &[u8],
+        out: &mut Output<'_>,
+    ) -> Result<(usize, usize, bool), CompressError> {
         let buf = out.room()?;
         let len0 = buf.len();
         let mut inb = InBuffer::around(input);
