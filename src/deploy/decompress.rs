@@ -106,8 +106,12 @@ impl Inflating {
                 // The decoder must not finish an image that is known to be bad: abort it.
                 let _ = me.tx.send(None);
                 drop(me.tx);
-                let _ = me.decoder.join();
-                Err(e)
+                match me.decoder.join() {
+                    // The decoder stopped first (a refused image inside, a write error): that
+                    // is the cause, the decompressor's failure to hand it bytes a symptom.
+                    Ok(Err(de)) if !is_abort(&de) => Err(de),
+                    _ => Err(e),
+                }
             }
         }
     }
@@ -202,13 +206,8 @@ impl Inflating {
             .map_err(|_| DecodeError::Io(io::Error::other("the image decoder stopped")))
     }
 
-    /// What a decompression failure means. When the decoder stopped first (a refused inner
-    /// image, a write error), its error is the cause and is returned instead.
     fn failed(&self, e: CompressError) -> DecodeError {
-        match e {
-            CompressError::Output(io) if self.decoder.is_finished() => DecodeError::Io(io),
-            e => refused(e),
-        }
+        refused(e)
     }
 }
 
@@ -242,6 +241,12 @@ fn check_bound(total: u64, b: &Bound) -> Result<(), DecodeError> {
     }
 }
 
+const ABORTED: &str = "aborted: the compressed stream is bad";
+
+fn is_abort(e: &DecodeError) -> bool {
+    matches!(e, DecodeError::Io(io) if io.to_string() == ABORTED)
+}
+
 /// The image decoder's thread: decompressed bytes in, disk writes out. `None` aborts.
 fn decode_loop(mut d: Decoder, rx: Receiver<Option<Msg>>) -> Outcome {
     for m in rx {
@@ -249,7 +254,7 @@ fn decode_loop(mut d: Decoder, rx: Receiver<Option<Msg>>) -> Outcome {
             Some(Msg::Data(b)) => d.push(&b)?,
             Some(Msg::Reset) => d.reset(),
             Some(Msg::Len(_)) => {}
-            None => return Err(DecodeError::Io(io::Error::other("aborted"))),
+            None => return Err(DecodeError::Io(io::Error::other(ABORTED))),
         }
     }
     let (w, path) = d.finish()?;
