@@ -465,5 +465,78 @@ fn a_connection_cut_mid_stream_resumes_the_decompressor() {
             dev.read()[..img.len()] == img[..],
             "{how}: device differs after resume"
         );
+
+        // A server that refuses the Range request: the download restarts from byte 0, and so
+        // do the decompressor and the decoder.
+        let dev = LoopDev::new(dir.path(), &format!("r0.{how}.disk"), 16 * MIB as u64, 0xAA);
+        let name = format!("restart.raw.{how}");
+        let route = Route::Cut416 {
+            data: data.clone(),
+            after: data.len() / 3 + 77,
+        };
+        let w = deploy(
+            &s,
+            &name,
+            data.clone(),
+            route,
+            &dev.dev,
+            FormatPolicy::default(),
+            Some("raw"),
+        )
+        .unwrap_or_else(|e| panic!("{how} restart: {e}"));
+        assert!(
+            s.requests(&format!("/{name}")).len() >= 3,
+            "{how}: cut, 416, full again"
+        );
+        assert_eq!(w.digest, sha256(&data));
+        assert!(
+            dev.read()[..img.len()] == img[..],
+            "{how}: device differs after restart"
+        );
     }
+}
+
+#[test]
+fn rivet_deploy_takes_a_compressed_image_onto_a_file() {
+    if Command::new("xz").arg("--version").output().is_err() {
+        eprintln!("SKIPPED rivet_deploy_compressed: xz is missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, img) = image(dir.path(), 6 * MIB, 7);
+    let data = read(&compress(&raw, "xz"));
+    let s = Server::start();
+    let url = s.route("/cli.raw.xz", bytes_route(&data));
+    let target = dir.path().join("disk.img");
+    std::fs::write(&target, vec![0xEEu8; 8 * MIB]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rivet"))
+        .args([
+            "deploy",
+            "--url",
+            &url,
+            "--device",
+            target.to_str().unwrap(),
+        ])
+        .args([
+            "--os-hash-algo",
+            "sha256",
+            "--os-hash-value",
+            &sha256(&data),
+        ])
+        .args([
+            "--disk-format",
+            "raw",
+            "--retries",
+            "0",
+            "--no-partition-check",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("xz-compressed: decompressing while it streams"),
+        "{err}"
+    );
+    assert!(std::fs::read(&target).unwrap()[..img.len()] == img[..]);
 }

@@ -149,7 +149,7 @@ impl Inflating {
                     None => {
                         head.extend_from_slice(&b);
                         if head.len() >= MAGIC_LEN {
-                            inf = Some(self.restart(&head)?);
+                            inf = Some(self.restart(codec, &head)?);
                             let h = std::mem::take(&mut head);
                             inf.as_mut()
                                 .map_or(Ok(()), |i| i.feed(&h, &mut out))
@@ -173,7 +173,7 @@ impl Inflating {
             }
         }
         if inf.is_none() && !head.is_empty() {
-            inf = Some(self.restart(&head)?);
+            inf = Some(self.restart(codec, &head)?);
             let h = std::mem::take(&mut head);
             inf.as_mut()
                 .map_or(Ok(()), |i| i.feed(&h, &mut out))
@@ -190,11 +190,11 @@ impl Inflating {
     }
 
     /// A restarted download must be the same kind of file.
-    fn restart(&self, head: &[u8]) -> Result<Box<dyn Inflate>, DecodeError> {
+    fn restart(&self, codec: Codec, head: &[u8]) -> Result<Box<dyn Inflate>, DecodeError> {
         match compress::detect(head) {
             Some(c) => compress::inflater(c).map_err(refused),
             None => Err(refused(CompressError::Corrupt {
-                codec: Codec::Gzip,
+                codec,
                 why: "the restarted download is no longer compressed".into(),
             })),
         }

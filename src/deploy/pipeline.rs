@@ -72,6 +72,10 @@ pub fn probe_virtual_size(info: &ImageInfo, cfg: &FetchConfig) -> Result<Option<
     let Some((total, head)) = dl.probe(crate::image::format::qcow2::HEADER_PEEK) else {
         return Ok(None);
     };
+    // A compressed file's length says nothing about the image inside.
+    if crate::image::format::compress::detect(&head).is_some() {
+        return Ok(None);
+    }
     if head.starts_with(b"QFI\xfb") {
         return Ok(crate::image::format::qcow2::Header::parse(&head)
             .ok()
