@@ -156,7 +156,7 @@ done
 ZERO_FRACTION=$(sum_of zero_fraction)
 TEXT_FRACTION=$(sum_of compressible_fraction)
 # keep the images hot in the page cache for every measurement
-cat "${IMG[@]}" >/dev/null
+for f in "${FORMATS[@]}"; do cat "${IMG[$f]}"; done >/dev/null
 
 # ---------------------------------------------------------------- nginx
 start_nginx "$(basename "${IMG[raw]}")"
