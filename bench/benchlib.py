@@ -379,9 +379,14 @@ def table(tsv, size_bytes, targets):
 
 
 # ------------------------------------------------------ formats (formats.sh)
-FMT_LABELS = {"raw": "raw", "qcow2": "qcow2", "qcow2c": "qcow2 -c"}
-FMT_ORDER = ["raw", "qcow2", "qcow2c"]
-KIND_ORDER = ["rivet", "rivet_tmp", "ipa", "ipa_stream", "ipa_dl", "ipa_wr"]
+FMT_LABELS = {"raw": "raw", "qcow2": "qcow2", "qcow2c": "qcow2 -c",
+              "rawgz": "raw.gz", "rawxz": "raw.xz", "rawzst": "raw.zst",
+              "qcow2zst": "qcow2.zst"}
+FMT_ORDER = ["raw", "qcow2", "qcow2c", "rawgz", "rawxz", "rawzst", "qcow2zst"]
+KIND_ORDER = ["rivet", "rivet_tmp", "ipa", "ipa_stream", "ipa_dl", "ipa_wr",
+              "lim_curl", "lim_dgst", "lim_dec", "lim_dd"]
+# The stages of a compressed deploy, each measured alone (bench/formats.sh).
+LIMIT_KINDS = ["lim_curl", "lim_dgst", "lim_dec", "lim_dd"]
 KIND_LABELS = {
     "rivet": "rivet deploy (streaming)",
     "rivet_tmp": "rivet deploy --temp-file (download, then qemu-img convert)",
@@ -390,6 +395,10 @@ KIND_LABELS = {
     "ipa_dl": "… of which IPA's download to its temp file",
     "ipa_wr": "… of which IPA's _write_image (inspection, disk wipe, "
               "qemu-img convert, sync, partprobe)",
+    "lim_curl": "limit alone: curl of the compressed file to /dev/null",
+    "lim_dgst": "limit alone: openssl dgst -sha256 of the compressed file",
+    "lim_dec": "limit alone: decompressor -dc to /dev/null (gzip; xz -T0; zstd)",
+    "lim_dd": "limit alone: dd of the image inside to the target (oflag=direct)",
 }
 BAD = ("FAIL", "MISMATCH", "UNFLUSHED")
 
@@ -446,7 +455,7 @@ def ftable(tsv, virtual_bytes, targets):
                     continue
                 r = rows[key]
                 s = med(key)
-                phase = kind.startswith("ipa_")
+                phase = kind.startswith("ipa_") or kind.startswith("lim_")
                 dl = r["dl"] or next((v["dl"] for k, v in rows.items()
                                       if k[:2] == (t, fm) and v["dl"]), None)
                 image = (f"{FMT_LABELS[fm]} ({dl / MIB:.0f})" if dl
@@ -494,6 +503,18 @@ def ftable(tsv, virtual_bytes, targets):
                         f"- {t}: {FMT_LABELS[fm]}: {KIND_LABELS[kind]} is "
                         f"{ipa / s:.2f}× as fast as IPA "
                         f"({s:.3f} s vs {ipa:.3f} s)")
+        for fm in ("rawgz", "rawxz", "rawzst", "qcow2zst"):
+            s = med((t, fm, "rivet"))
+            lims = [(k, med((t, fm, k))) for k in LIMIT_KINDS]
+            lims = [(k, v) for k, v in lims if v]
+            if s and lims:
+                k, slowest = max(lims, key=lambda kv: kv[1])
+                q = slowest / s
+                summary.append(
+                    f"- {t}: {FMT_LABELS[fm]}: rivet {s:.3f} s; slowest stage "
+                    f"alone {slowest:.3f} s ({k[4:]}); rivet runs at "
+                    f"{q:.2f}× the slowest stage — goal ≥ 0.9: "
+                    + ("met" if q >= 0.9 else "**missed**"))
     print("\n".join(out))
     if summary:
         print()

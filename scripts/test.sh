@@ -20,6 +20,8 @@ command -v mkfs.xfs >/dev/null || need+=(xfsprogs)      # erase tests (optional 
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs) # erase tests (optional there)
 command -v efibootmgr >/dev/null || need+=(efibootmgr efivar) # boot tests cross-check with them
 command -v partx >/dev/null || need+=(util-linux)
+command -v xz >/dev/null || need+=(xz-utils)            # compressed-image tests
+command -v zstd >/dev/null || need+=(zstd)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test.sh: installing ${need[*]}"

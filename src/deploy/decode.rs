@@ -7,6 +7,8 @@ use std::io;
 
 use crate::disk::writer::DiskWriter;
 use crate::errors::AgentError;
+/// The compression of a compressed image ([`WritePath::Decompressed`]).
+pub use crate::image::format::compress::Codec;
 use crate::image::format::inspect::{self, Format, INSPECT_LEN};
 use crate::image::format::qcow2::{GuestSink, Qcow2Error, Qcow2Stream};
 
@@ -48,6 +50,13 @@ pub enum WritePath {
     Qcow2Stream,
     /// Downloaded to a temporary file, then `qemu-img convert`.
     TempFile,
+    /// A compressed image decompressed while streaming: raw inside, or qcow2 converted.
+    Decompressed {
+        /// The compression.
+        codec: Codec,
+        /// The image inside was qcow2 (converted while streaming).
+        qcow2: bool,
+    },
 }
 
 /// Why the decode stage stopped.

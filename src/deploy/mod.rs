@@ -10,6 +10,7 @@
 pub(crate) mod bootc;
 pub(crate) mod configdrive_write;
 pub mod decode;
+pub(crate) mod decompress;
 pub(crate) mod partition_image;
 pub mod pipeline;
 pub(crate) mod tempfile_path;

@@ -57,7 +57,7 @@ impl Default for DeployOptions {
     }
 }
 
-enum Msg {
+pub(crate) enum Msg {
     Data(Bytes),
     /// The server announced the length of the download.
     Len(u64),
@@ -72,6 +72,10 @@ pub fn probe_virtual_size(info: &ImageInfo, cfg: &FetchConfig) -> Result<Option<
     let Some((total, head)) = dl.probe(crate::image::format::qcow2::HEADER_PEEK) else {
         return Ok(None);
     };
+    // A compressed file's length says nothing about the image inside.
+    if crate::image::format::compress::detect(&head).is_some() {
+        return Ok(None);
+    }
     if head.starts_with(b"QFI\xfb") {
         return Ok(crate::image::format::qcow2::Header::parse(&head)
             .ok()
@@ -261,8 +265,16 @@ impl Stages {
             target.path().display().to_string(),
             info.id.clone(),
         );
-        let writer =
-            spawn("rivet-decode", move || write_loop(decoder, write_rx)).map_err(io_err)?;
+        // A compressed image is decompressed on this thread and decoded on another.
+        let bound = super::decompress::Bound {
+            capacity: target.capacity(),
+            device: target.path().display().to_string(),
+            image_id: info.id.clone(),
+        };
+        let writer = spawn("rivet-decode", move || {
+            super::decompress::route(decoder, write_rx, bound)
+        })
+        .map_err(io_err)?;
         // Content-Length can be held against the device only when the bytes are the disk.
         let declared_raw = matches!(opts.policy.disk_format.as_deref(), Some("raw" | "gpt"));
         let sink = FanOut {
@@ -346,7 +358,10 @@ fn hash_loop(algo: Algorithm, rx: Receiver<Msg>) -> String {
     h.hex_digest()
 }
 
-fn write_loop(mut d: Decoder, rx: Receiver<Msg>) -> Result<(DiskWriter, WritePath), DecodeError> {
+pub(crate) fn write_loop(
+    mut d: Decoder,
+    rx: impl IntoIterator<Item = Msg>,
+) -> Result<(DiskWriter, WritePath), DecodeError> {
     for msg in rx {
         match msg {
             Msg::Data(b) => d.push(&b)?,

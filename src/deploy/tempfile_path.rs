@@ -117,6 +117,15 @@ pub fn tmp_dir(configured: Option<&Path>) -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
+/// What qemu-img opens: this process's descriptor of a nameless file.
+fn fd_path(file: &std::fs::File) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        file.as_raw_fd()
+    ))
+}
+
 /// Deploys `info` through a temporary copy. `hint` is the format the stream showed, if a
 /// streaming attempt came first.
 pub(super) fn deploy(
@@ -137,12 +146,7 @@ pub(super) fn deploy(
             ),
         )
     })?;
-    // What qemu-img opens: this process's descriptor of the nameless file.
-    let path = PathBuf::from(format!(
-        "/proc/{}/fd/{}",
-        std::process::id(),
-        file.as_raw_fd()
-    ));
+    let path = fd_path(&file);
     tracing::info!(
         dir = %dir.display(),
         format = hint.map(Format::name).unwrap_or("not yet known"),
@@ -160,6 +164,15 @@ pub(super) fn deploy(
     if !expected.matches(&digest) {
         return Err(checksum_error(info, &path, &digest, expected));
     }
+    // A compressed copy: the inspector and qemu-img see the image inside (nameless too).
+    let (file, path) =
+        match super::decompress::unpack_file(&path, &dir, target.capacity(), &info.id)? {
+            Some(inner) => {
+                let p = fd_path(&inner);
+                (inner, p)
+            }
+            None => (file, path),
+        };
     let (head, tail) = head_and_tail(&file).map_err(|e| write_error(info, &path, &e))?;
     let p = &opts.policy;
     let found = inspect::check(&head, p.disk_format.as_deref(), &p.permitted, p.deep)?;

@@ -1,6 +1,7 @@
 //! Image formats: the inspector (what an image is, and whether it is safe), qcow2 converted
 //! while it streams, and qemu-img for the rest.
 
+pub mod compress;
 pub mod convert;
 pub mod inspect;
 pub mod qcow2;
