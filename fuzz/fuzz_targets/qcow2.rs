@@ -10,15 +10,19 @@ struct Bounded(u64);
 
 impl GuestSink for Bounded {
     fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
-        assert!(off.checked_add(data.len() as u64).is_some_and(|e| e <= self.0));
+        assert!(off
+            .checked_add(data.len() as u64)
+            .is_some_and(|e| e <= self.0));
         Ok(())
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let all: Vec<String> = ["raw", "gpt", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "qed", "iso"]
-        .map(String::from)
-        .to_vec();
+    let all: Vec<String> = [
+        "raw", "gpt", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "qed", "iso",
+    ]
+    .map(String::from)
+    .to_vec();
     let _ = inspect::check(data, None, &all, true);
     let _ = inspect::check(data, Some("qcow2"), &all, true);
     let tail = &data[data.len().saturating_sub(inspect::TAIL_LEN)..];
