@@ -92,6 +92,8 @@ pub struct Seen {
 /// The server. Dropping it leaves the thread blocked in accept; the process ends soon anyway.
 pub struct Server {
     pub port: u16,
+    /// Body bytes sent by `Bytes`, `CutAfter`, `StatusThen`, `Short` and `Stall` answers.
+    pub served: Arc<std::sync::atomic::AtomicU64>,
     routes: Arc<Mutex<HashMap<String, Route>>>,
     counts: Arc<Mutex<HashMap<String, usize>>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -104,17 +106,20 @@ impl Server {
         let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
         let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let (r, c, s) = (routes.clone(), counts.clone(), seen.clone());
+        let served: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let (r, c, s, b) = (routes.clone(), counts.clone(), seen.clone(), served.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (r, c, s) = (r.clone(), c.clone(), s.clone());
+                let (r, c, s, b) = (r.clone(), c.clone(), s.clone(), b.clone());
                 std::thread::spawn(move || {
+                    SERVED.with(|x| *x.borrow_mut() = Some(b));
                     let _ = handle(conn, &r, &c, &s);
                 });
             }
         });
         Server {
             port,
+            served,
             routes,
             counts,
             seen,
@@ -149,6 +154,20 @@ impl Server {
             .cloned()
             .collect()
     }
+}
+
+thread_local! {
+    /// The serving thread's byte counter (its server's `served`).
+    static SERVED: std::cell::RefCell<Option<Arc<std::sync::atomic::AtomicU64>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn count_served(n: usize) {
+    SERVED.with(|x| {
+        if let Some(c) = x.borrow().as_ref() {
+            c.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
 }
 
 fn handle(
@@ -215,6 +234,7 @@ fn handle(
                 data.len()
             )?;
             out.write_all(&data[..after])?;
+            count_served(after);
             out.flush()?;
             std::thread::sleep(Duration::from_secs(secs));
             Ok(())
@@ -359,6 +379,7 @@ fn serve(
     };
     for chunk in data[start..end].chunks(256 << 10) {
         out.write_all(chunk)?;
+        count_served(chunk.len());
     }
     out.flush()?;
     let _ = out.shutdown(std::net::Shutdown::Both);

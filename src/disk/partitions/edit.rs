@@ -1,10 +1,10 @@
 //! Adding a partition at the end of a disk's free space (the config drive's).
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use super::bounds::{self, TableError};
-use super::{read_table, uuid_to_guid, Part, TableKind};
+use super::{read_table_from, uuid_to_guid, Part, TableKind};
 
 /// Why a config drive partition could not be made (the caller words it as IPA does).
 #[derive(Debug, thiserror::Error)]
@@ -32,12 +32,19 @@ const MIB: u64 = 1 << 20;
 /// `sgdisk -n 0:-64MB:0`; MBR: like `parted mkpart primary fat32 -64MiB -0`, with IPA's rule
 /// for disks over 2 TiB). Returns it.
 pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
-    let table = read_table(file)?.ok_or(LayoutError::NoTable)?;
-    let mut f = file;
+    let part = add_end_in(&mut &*file, size)?;
+    file.sync_data()?;
+    Ok(part)
+}
+
+/// [`add_end_partition`] on anything that reads and writes (a disk, an image in memory).
+#[doc(hidden)]
+pub fn add_end_in<F: Read + Write + Seek>(f: &mut F, size: u64) -> Result<Part, LayoutError> {
+    let table = read_table_from(f)?.ok_or(LayoutError::NoTable)?;
     let disk = f.seek(SeekFrom::End(0))?;
     match table.kind {
         TableKind::Gpt => {
-            let mut gpt = bounds::find_gpt(&mut f)?.ok_or(LayoutError::NoTable)?;
+            let mut gpt = bounds::find_gpt(f)?.ok_or(LayoutError::NoTable)?;
             // gptman's free-space search underflows on overlapping or stray partitions.
             bounds::check_layout(&gpt)?;
             let ss = gpt.sector_size;
@@ -72,9 +79,8 @@ pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
                 attribute_bits: 0,
                 partition_name: "config-2".into(),
             };
-            gpt.write_into(&mut f)
+            gpt.write_into(f)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            f.sync_data()?;
             Ok(Part {
                 number: n,
                 start: start * ss,
@@ -83,7 +89,7 @@ pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
             })
         }
         TableKind::Mbr => {
-            let mut mbr = bounds::read_mbr(&mut f, 512)?.ok_or(LayoutError::NoTable)?;
+            let mut mbr = bounds::read_mbr(f, 512)?.ok_or(LayoutError::NoTable)?;
             let primaries = (1..=4).filter(|&i| mbr[i].is_used()).count();
             if primaries > 3 {
                 return Err(LayoutError::TooManyPrimaries(primaries));
@@ -128,9 +134,8 @@ pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
                 starting_lba: s32,
                 sectors: len32,
             };
-            mbr.write_into(&mut f)
+            mbr.write_into(f)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            f.sync_data()?;
             Ok(Part {
                 number: n as u32,
                 start: start * 512,
@@ -144,7 +149,7 @@ pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disk::partitions::guid_string;
+    use crate::disk::partitions::{guid_string, read_table};
 
     fn disk(len: u64) -> (tempfile::NamedTempFile, File) {
         let t = tempfile::NamedTempFile::new().unwrap();

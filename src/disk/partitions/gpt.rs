@@ -1,8 +1,7 @@
 //! The backup GPT moved to the end of a disk larger than the image (what `sgdisk -e` does).
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use super::TableError;
 
@@ -22,8 +21,17 @@ pub enum GptFix {
 /// resized to cover the disk; a hybrid MBR is left alone. A table out of
 /// [`super::bounds`] is an error ([`TableError::OutOfBounds`]).
 pub fn relocate_backup_gpt(file: &File) -> Result<GptFix, TableError> {
-    let mut file = file;
-    let Some(mut gpt) = super::bounds::find_gpt(&mut file)? else {
+    let fix = relocate_in(&mut &*file)?;
+    if fix == GptFix::Moved {
+        file.sync_data()?;
+    }
+    Ok(fix)
+}
+
+/// [`relocate_backup_gpt`] on anything that reads and writes (a disk, an image in memory).
+#[doc(hidden)]
+pub fn relocate_in<F: Read + Write + Seek>(file: &mut F) -> Result<GptFix, TableError> {
+    let Some(mut gpt) = super::bounds::find_gpt(file)? else {
         tracing::debug!("no GPT found");
         return Ok(GptFix::NoGpt);
     };
@@ -33,24 +41,24 @@ pub fn relocate_backup_gpt(file: &File) -> Result<GptFix, TableError> {
         return Ok(GptFix::AlreadyAtEnd);
     }
     gpt.header
-        .update_from(&mut file, ss)
+        .update_from(file, ss)
         .map_err(|e| io::Error::other(format!("cannot resize the GPT header: {e}")))?;
-    gpt.write_into(&mut file)
+    gpt.write_into(file)
         .map_err(|e| io::Error::other(format!("cannot write the GPT: {e}")))?;
     let mut mbr = [0u8; 512];
-    file.read_exact_at(&mut mbr, 0)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut mbr)?;
     let entries_used = (0..4).filter(|i| mbr[446 + 16 * i + 4] != 0).count();
     if mbr[450] == 0xEE && entries_used == 1 {
         let bootable = mbr[446] == 0x80;
         if bootable {
-            gptman::GPT::write_bootable_protective_mbr_into(&mut file, ss)
+            gptman::GPT::write_bootable_protective_mbr_into(file, ss)
         } else {
-            gptman::GPT::write_protective_mbr_into(&mut file, ss)
+            gptman::GPT::write_protective_mbr_into(file, ss)
         }
         .map_err(|e| io::Error::other(format!("cannot write the protective MBR: {e}")))?;
     }
     file.flush()?;
-    file.sync_data()?;
     Ok(GptFix::Moved)
 }
 

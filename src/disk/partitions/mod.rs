@@ -119,6 +119,23 @@ pub fn read_table_from<R: Read + Seek>(f: &mut R) -> Result<Option<Table>, Table
     }))
 }
 
+/// Everything rivet does with a partition table read from untrusted bytes, on a copy in
+/// memory: read it (as after a write, for the root uuid, the config drive, the boot code),
+/// add the config drive's partition, move the backup GPT as to a disk twice the size. The
+/// fuzz targets' entry point (`fuzz/`): none of it may panic or allocate without bound.
+#[doc(hidden)]
+pub fn exercise(data: &[u8]) {
+    let mut c = std::io::Cursor::new(data.to_vec());
+    let _ = read_table_from(&mut c);
+    let _ = bounds::read_gpt(&mut c, 4096);
+    let _ = bounds::read_mbr(&mut c, 4096);
+    let _ = edit::add_end_in(&mut c.clone(), 1 << 20);
+    let _ = edit::add_end_in(&mut c, 4096);
+    let mut grown = data.to_vec();
+    grown.resize(data.len() * 2 + 8192, 0);
+    let _ = gpt::relocate_in(&mut std::io::Cursor::new(grown));
+}
+
 /// The MBR disk signature (bytes 440–443, little-endian) as IPA reports a whole-disk image's
 /// `root uuid`: `0x%08x`, as `hexdump -s 440 -n 4 -e '"0x%08x"'` prints it.
 pub fn mbr_signature(file: &File) -> io::Result<String> {

@@ -1,0 +1,9 @@
+//! GPT and MBR reading behind the bounds, and what rivet does with a table afterwards (the
+//! config drive's partition, the backup GPT moved to the end of a larger disk).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    rivet::disk::partitions::exercise(data);
+});
