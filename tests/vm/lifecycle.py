@@ -12,7 +12,8 @@ whole-disk image with a config drive -> active -> boot from disk through the boo
 wrote, which prints a marker and the node UUID from the config drive -> undeploy (cleaning) ->
 available; then, with automated cleaning off for speed, a qcow2 deploy and a deploy with a wrong
 checksum (deploy failed, nothing bootable left). --until heartbeat stops after the first
-heartbeat. Exit status 0 when every stage passed; otherwise the output says where it stopped.
+heartbeat; --no-clean turns cleaning off from the start (to exercise deploy without it);
+--keep-going runs every stage even after one failed, and lists all that failed. Exit status 0 when every stage passed; otherwise the output says where it stopped.
 """
 
 import argparse
@@ -70,6 +71,10 @@ def outer(args):
         cmd = ["ip", "netns", "exec", ns.name, sys.executable, os.path.abspath(__file__),
                "--inner", "--work", work, "--ramdisk", args.ramdisk, "--venv", args.venv,
                "--until", args.until, "--timeout", str(args.timeout)]
+        if args.no_clean:
+            cmd.append("--no-clean")
+        if args.keep_going:
+            cmd.append("--keep-going")
         try:
             return subprocess.run(cmd, timeout=args.timeout + 60).returncode
         except subprocess.TimeoutExpired:
@@ -121,7 +126,8 @@ def inner(args):
         shutil.copy(OVMF_VARS, vars_file)
         sc = Scenario(ironic, events, work=work, www=www, raw=raw, disk=disk, mac=MAC,
                       vars_file=vars_file, ramdisk=args.ramdisk, until=args.until,
-                      deadline=time.monotonic() + args.timeout)
+                      deadline=time.monotonic() + args.timeout, clean=not args.no_clean,
+                      keep_going=args.keep_going)
         sc.run()
         ok = True
     except Stop as e:
@@ -153,6 +159,10 @@ def main():
     p.add_argument("--venv", required=True, help="the Ironic venv (tests/ironic/setup.sh)")
     p.add_argument("--work", help="where logs and disks go (default: a new temp dir)")
     p.add_argument("--until", choices=["heartbeat", "all"], default="all")
+    p.add_argument("--no-clean", action="store_true",
+                   help="turn the node's automated cleaning off (to reach deploy without it)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="after a failed stage, put the node back to available and go on")
     p.add_argument("--timeout", type=int, default=840, help="seconds for the whole run")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -8,6 +8,7 @@ import os
 import time
 
 import images
+from ironic import ApiError
 from netenv import HOST_IP, TAP
 from vm import Bmc, Vm
 
@@ -20,15 +21,18 @@ class Stop(Exception):
 
 class Scenario:
     def __init__(self, ironic, events, *, work, www, raw, disk, mac, vars_file, ramdisk, until,
-                 deadline):
+                 deadline, clean=True, keep_going=False):
         self.ironic, self.events = ironic, events
         self.work, self.www, self.raw, self.disk, self.mac = work, www, raw, disk, mac
-        self.until, self.deadline = until, deadline
+        self.until, self.deadline, self.clean = until, deadline, clean
+        self.keep_going = keep_going
+        self.failures = []  # (stage, why) with keep_going
         self.vm = Vm(work, mac, disk, vars_file, TAP)
         self.kernel = os.path.join(ramdisk, "rivet.kernel")
         self.initrd = os.path.join(ramdisk, "rivet.initramfs")
         self.where = "setup"
         self.rows = []  # (stage, what, seconds, note)
+        self.stages = []  # [name, start, end]
         self.bmc = None
         self.uuid = None
 
@@ -38,7 +42,11 @@ class Scenario:
         self.where = name
         self.events.add(f"== {name}")
         t = time.monotonic()
-        yield
+        self.stages.append([name, t, None])
+        try:
+            yield
+        finally:
+            self.stages[-1][2] = time.monotonic()
         self.rows.append((name, "total", time.monotonic() - t, ""))
 
     def row(self, what, seconds, note=""):
@@ -92,11 +100,6 @@ class Scenario:
         if "lookup" in seen:
             self.row(f"{label}: power-on -> lookup", seen["lookup"]["at"] - boot["started"], note)
 
-    def step_rows(self, field, since):
-        for f, name, start, end in self.bmc.steps:
-            if f == field and start >= since and end is not None:
-                self.row(f"{field.split('_')[0]} step {name}", end - start)
-
     def check_erased(self):
         left = images.nonzero_ranges(self.disk)
         if left:
@@ -120,6 +123,8 @@ class Scenario:
             self.uuid = self.ironic.enroll("rivet-vm", self.mac, f"{ramdisk_url}/rivet.kernel",
                                            f"{ramdisk_url}/rivet.initramfs")
             self.events.add(f"node {self.uuid}, port {self.mac}")
+            if not self.clean:
+                self.no_automated_clean()
         bootif = "01-" + self.mac.replace(":", "-")
         append = (f"console=ttyS0 nofb nomodeset vga=normal ipa-api-url=http://{HOST_IP}:6385 "
                   f"BOOTIF={bootif}")
@@ -129,16 +134,45 @@ class Scenario:
         with self.stage("manage"):
             self.ironic.provision(self.uuid, "manage")
             self.wait(["manageable"], 120)
-        self.provide()
-        if self.until == "heartbeat":
-            return
-        self.deploy_and_boot()
-        self.undeploy()
-        self.qcow2_and_wrong_checksum()
+        stages = [self.provide, self.deploy_and_boot, self.undeploy, self.deploy_qcow2,
+                  self.deploy_wrong_checksum]
+        for run in stages[:1] if self.until == "heartbeat" else stages:
+            try:
+                run()
+            except (Stop, ApiError) as e:
+                if not self.keep_going:
+                    raise
+                self.failures.append((self.where, str(e)))
+                self.events.add(f"FAILED {self.where}: {e}")
+                self.recover()
+        if self.failures:
+            self.where = self.failures[0][0]
+            raise Stop("; ".join(f"[{w}] {why}" for w, why in self.failures))
+
+    def recover(self):
+        """--keep-going: bring the node back to available, cleaning off, for the next stage."""
+        self.where += " / recovering"
+        self.clean = False
+        self.no_automated_clean()
+        n = self.ironic.node(self.uuid)
+        if n.get("maintenance"):
+            self.ironic.request("DELETE", f"/v1/nodes/{self.uuid}/maintenance")
+        state = n["provision_state"]
+        if state in ("clean wait", "cleaning"):
+            self.ironic.provision(self.uuid, "abort")
+            state = self.wait(["clean failed", "manageable"], 120, fail=set())["provision_state"]
+        if state == "clean failed":
+            self.ironic.provision(self.uuid, "manage")
+            state = self.wait(["manageable"], 120)["provision_state"]
+        if state == "manageable":
+            self.ironic.provision(self.uuid, "provide")
+        elif state in ("deploy failed", "active", "wait call-back"):
+            self.ironic.provision(self.uuid, "deleted")
+        self.wait(["available"], 180)
 
     def first_heartbeat(self, label):
         since = time.monotonic()
-        self.wait_for("VM boot", lambda: self.vm.last and self.vm.last["started"] >= since - 60
+        self.wait_for("VM boot", lambda: self.vm.last and self.vm.last["started"] >= since - 1
                       and self.vm.last["kind"] == "ramdisk", 120)
         boot = self.vm.last
         self.wait_for("first heartbeat", lambda: (self.events.last_heartbeat or 0) > boot["started"],
@@ -148,26 +182,31 @@ class Scenario:
         self.boot_rows(boot, label)
         return boot
 
+    def no_automated_clean(self):
+        self.ironic.patch(self.uuid, [{"op": "add", "path": "/automated_clean",
+                                       "value": False}])
+
     def provide(self):
+        if not self.clean:
+            with self.stage("provide (no cleaning: --no-clean)"):
+                self.ironic.provision(self.uuid, "provide")
+                self.wait(["available"], 120)
+            return
         with self.stage("provide (automated cleaning)"):
-            t = time.monotonic()
             self.ironic.provision(self.uuid, "provide")
             self.first_heartbeat("ramdisk")
             if self.until == "heartbeat":
                 return
             self.wait(["available"], 600)
-            self.step_rows("clean_step", t)
             self.check_erased()
 
     def deploy_and_boot(self):
         with self.stage("deploy (whole-disk raw + config drive)"):
-            t = time.monotonic()
             self.set_image(self.raw, "raw")
             self.ironic.provision(self.uuid, "active",
                                   configdrive={"meta_data": {"hostname": "rivet-vm"}})
             self.first_heartbeat("ramdisk")
             self.wait(["active"], 600)
-            self.step_rows("deploy_step", t)
         with self.stage("boot from disk"):
             boot = self.wait_for("disk boot", lambda: self.vm.last["kind"] == "disk"
                                  and self.vm.last, 120)
@@ -186,30 +225,36 @@ class Scenario:
                            "not the one rivet wrote")
 
     def undeploy(self):
+        state = self.ironic.node(self.uuid)["provision_state"]
+        if state != "active":
+            self.where = "undeploy"
+            raise Stop(f"nothing to undeploy: the node is '{state}'")
+        if not self.clean:
+            with self.stage("undeploy (no cleaning: --no-clean)"):
+                self.ironic.provision(self.uuid, "deleted")
+                self.wait(["available"], 120)
+            return
         with self.stage("undeploy (automated cleaning)"):
-            t = time.monotonic()
             self.ironic.provision(self.uuid, "deleted")
             self.first_heartbeat("ramdisk")
             self.wait(["available"], 600)
-            self.step_rows("clean_step", t)
             self.check_erased()
 
-    def qcow2_and_wrong_checksum(self):
+    def deploy_qcow2(self):
         # Cleaning was proven twice: skip it from here on to keep the run short.
-        self.ironic.patch(self.uuid, [{"op": "replace", "path": "/automated_clean",
-                                       "value": False}])
+        self.no_automated_clean()
         with self.stage("deploy qcow2"):
-            t = time.monotonic()
             self.set_image(os.path.join(self.www, "disk.qcow2"), "qcow2")
             self.ironic.provision(self.uuid, "active")
             self.wait(["active"], 600)
-            self.step_rows("deploy_step", t)
             esp = (1 << 20, 40 << 20)
             if not images.same_bytes(self.disk, self.raw, *esp):
                 raise Stop("after the qcow2 deploy the disk's ESP differs from the image")
             self.events.add("disk: the ESP matches the image byte for byte")
             self.ironic.provision(self.uuid, "deleted")
             self.wait(["available"], 120)
+
+    def deploy_wrong_checksum(self):
         with self.stage("deploy with a wrong checksum"):
             if images.partition_table(self.disk) is None:
                 raise Stop("the disk lost its partition table before the test")
@@ -234,7 +279,18 @@ class Scenario:
         self.vm.stop()
 
     def print_table(self):
+        rows = list(self.rows)
+        for field, name, start, end in (self.bmc.steps if self.bmc else []):
+            stage = next((n for n, a, b in reversed(self.stages) if a <= start <= (b or 1e18)), "?")
+            kind = field.split("_")[0]
+            if end is None:
+                rows.append((stage, f"{kind} step {name}", time.monotonic() - start,
+                             "(still running)"))
+            else:
+                rows.append((stage, f"{kind} step {name}", end - start, "as Ironic showed it"))
+        order = {n: i for i, (n, _, _) in enumerate(self.stages)}
+        rows.sort(key=lambda r: (order.get(r[0], 99), r[1] == "total"))
         print("\n%-42s %-44s %8s  %s" % ("stage", "phase", "seconds", "note"))
-        for stage, what, secs, note in self.rows:
+        for stage, what, secs, note in rows:
             print("%-42s %-44s %8.1f  %s" % (stage[:42], what[:44], secs, note))
         print("(software emulation: qemu -accel tcg, 2 vCPUs, 512 MiB)")
