@@ -10,10 +10,14 @@ command -v blkid >/dev/null || need+=(util-linux)
 command -v losetup >/dev/null || need+=(mount)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v sfdisk >/dev/null || need+=(fdisk)
+command -v ip >/dev/null || need+=(iproute2)
 command -v isoinfo >/dev/null || need+=(genisoimage)
 command -v mtype >/dev/null || need+=(mtools)
 command -v mkfs.vfat >/dev/null || need+=(dosfstools)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v pvcreate >/dev/null || need+=(lvm2)          # erase tests: an LVM PV to wipe
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)      # erase tests (optional there)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs) # erase tests (optional there)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test.sh: installing ${need[*]}"

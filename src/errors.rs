@@ -8,22 +8,17 @@
 use std::fmt;
 
 /// An error as IPA reports it: one variant per IPA exception class.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentError {
     /// `RESTError`: the base class, used raw for checksum set-up failures (SPEC §7.2).
-    #[error("An error occurred: {0}")]
     RestError(String),
     /// `InvalidContentError`: a request body that could not be understood.
-    #[error("Invalid request body: {0}")]
     InvalidContent(String),
     /// `InvalidCommandError`: bad command name, unknown command.
-    #[error("Invalid command: {0}")]
     InvalidCommand(String),
     /// `InvalidCommandParamsError`: the validator refused the parameters.
-    #[error("Invalid command parameters: {0}")]
     InvalidCommandParams(String),
     /// `RequestedObjectNotFoundError`: unknown extension or command id.
-    #[error("Not found: {kind} with id {id} not found.")]
     NotFound {
         /// The kind of object ("Extension", "Command Result").
         kind: String,
@@ -31,13 +26,10 @@ pub enum AgentError {
         id: String,
     },
     /// `CommandExecutionError`: any failure that is not one of the typed ones.
-    #[error("Command execution failed: {0}")]
     CommandExecution(String),
     /// `AgentIsBusy`: a command is still running.
-    #[error("Agent is busy: executing command {0}")]
     AgentIsBusy(String),
     /// `ImageDownloadError` (and its subclasses, see [`DownloadKind`]).
-    #[error("Error downloading image: Download of image {image_id} failed: {msg}")]
     ImageDownload {
         /// Which subclass of `ImageDownloadError` this is.
         kind: DownloadKind,
@@ -47,9 +39,6 @@ pub enum AgentError {
         msg: String,
     },
     /// `ImageDownloadTimeoutError`: `image_download_max_duration` exceeded. Terminal.
-    #[error(
-        "Image download timeout: Download of image {image_id} failed: Download exceeded max allowed time ({secs} seconds)"
-    )]
     ImageDownloadTimeout {
         /// Image id.
         image_id: String,
@@ -57,7 +46,6 @@ pub enum AgentError {
         secs: u64,
     },
     /// `ImageChecksumError`: the digest of the image does not match.
-    #[error("Error verifying image checksum: Image failed to verify against checksum. location: {location}; image ID: {image_id}; image checksum: {actual}; verification checksum: {expected}")]
     ImageChecksum {
         /// Where the image was written (device or path).
         location: String,
@@ -69,30 +57,30 @@ pub enum AgentError {
         expected: String,
     },
     /// `ImageWriteError`: writing to the device failed.
-    #[error("Error writing image to device: {0}")]
     ImageWrite(String),
     /// `SystemRebootError`: reboot/poweroff and the sysrq fallback failed.
-    #[error("Error rebooting system: {0}")]
     SystemReboot(String),
     /// `DeploymentError`: config drive, partition table checks.
-    #[error("Deploy step failed: {0}")]
     Deployment(String),
     /// `InvalidImage`: the format inspector refused the image.
-    #[error("The provided image is not valid for use: {0}")]
     InvalidImage(String),
     /// `DeviceNotFound`: no disk to deploy onto.
-    #[error("Error finding the disk or partition device to deploy the image onto: {0}")]
     DeviceNotFound(String),
     /// `ClockSyncError`.
-    #[error("Error syncing system clock: {0}")]
     ClockSync(String),
     /// `HardwareManagerMethodNotFound`: a deploy step nobody implements.
-    #[error("No HardwareManager found to handle method: {0}")]
     HardwareManagerMethodNotFound(String),
     /// `VersionMismatch`: Ironic's hardware manager versions differ from ours.
-    #[error("Hardware managers version mismatch, reload agent with correct version: {0}")]
     VersionMismatch(String),
 }
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.message(), self.details())
+    }
+}
+
+impl std::error::Error for AgentError {}
 
 /// The subclasses of IPA's `ImageDownloadError`, which differ only in whether a retry helps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,13 +165,42 @@ impl AgentError {
         }
     }
 
-    /// IPA's `details`: the free text after the class message.
+    /// IPA's `details`: the free text of this error (the class message is [`Self::message`];
+    /// `Display` joins the two as IPA's `str()` does).
     pub fn details(&self) -> String {
-        let full = self.to_string();
-        let prefix = format!("{}: ", self.message());
-        full.strip_prefix(&prefix)
-            .map(str::to_owned)
-            .unwrap_or(full)
+        match self {
+            AgentError::RestError(d)
+            | AgentError::InvalidContent(d)
+            | AgentError::InvalidCommand(d)
+            | AgentError::InvalidCommandParams(d)
+            | AgentError::CommandExecution(d)
+            | AgentError::ImageWrite(d)
+            | AgentError::SystemReboot(d)
+            | AgentError::Deployment(d)
+            | AgentError::InvalidImage(d)
+            | AgentError::DeviceNotFound(d)
+            | AgentError::ClockSync(d)
+            | AgentError::HardwareManagerMethodNotFound(d)
+            | AgentError::VersionMismatch(d) => d.clone(),
+            AgentError::AgentIsBusy(cmd) => format!("executing command {cmd}"),
+            AgentError::NotFound { kind, id } => format!("{kind} with id {id} not found."),
+            AgentError::ImageDownload { image_id, msg, .. } => {
+                format!("Download of image {image_id} failed: {msg}")
+            }
+            AgentError::ImageDownloadTimeout { image_id, secs } => format!(
+                "Download of image {image_id} failed: Download exceeded max allowed time \
+                 ({secs} seconds)"
+            ),
+            AgentError::ImageChecksum {
+                location,
+                image_id,
+                actual,
+                expected,
+            } => format!(
+                "Image failed to verify against checksum. location: {location}; image ID: \
+                 {image_id}; image checksum: {actual}; verification checksum: {expected}"
+            ),
+        }
     }
 
     /// Whether a download attempt that failed with this error may be tried again.
@@ -194,27 +211,6 @@ impl AgentError {
                 kind: DownloadKind::Retryable,
                 ..
             } | AgentError::ImageChecksum { .. }
-        )
-    }
-
-    /// `ImageWriteError` for a tool that failed on `device`, in IPA's words. `rc` is -1 when
-    /// the tool could not be started (then `stderr` says why).
-    pub fn image_write(device: &std::path::Path, rc: i32, stdout: &str, stderr: &str) -> Self {
-        AgentError::ImageWrite(format!(
-            "Writing image to device {} failed with exit code {rc}. stdout: {}. stderr: {}",
-            device.display(),
-            stdout.trim(),
-            stderr.trim()
-        ))
-    }
-
-    /// `ImageWriteError` from a finished process's output.
-    pub fn image_write_output(device: &std::path::Path, out: &std::process::Output) -> Self {
-        Self::image_write(
-            device,
-            out.status.code().unwrap_or(-1),
-            &String::from_utf8_lossy(&out.stdout),
-            &String::from_utf8_lossy(&out.stderr),
         )
     }
 

@@ -1,20 +1,30 @@
-//! rivet: a bare-metal deploy agent that does the job of ironic-python-agent's standby
-//! extension, wire-compatible with the Ironic conductor.
+//! rivet: a bare-metal deploy agent that does the job of ironic-python-agent, wire-compatible
+//! with the Ironic conductor.
 //!
-//! The crate reads like the system:
+//! The crate reads like the system (`docs/` has the contracts):
 //! - [`image`]: what an image is (`image_info`), how it is fetched, how it is checked;
 //! - [`disk`]: the install target, the writer stage, partition tables;
-//! - [`deploy`]: the data path that joins them;
-//! - [`agent`]: IPA's REST API, the standby/deploy/log extensions, lookup and heartbeat;
-//! - [`config`]: settings from the kernel command line, a file, the environment and flags;
+//! - [`deploy`]: the one deploy orchestrator and the data path it runs;
 //! - [`configdrive`]: the config drive: decoding, checking, rebuilding as vfat;
-//! - [`errors`]: IPA's error types, as the conductor sees them.
+//! - [`erase`]: disk erasure (IPA's erase clean steps), safe, verifiable and fast;
+//! - [`boot`]: UEFI boot entries, written natively through efivarfs;
+//! - [`agent`]: IPA's REST API, its extensions, lookup and heartbeat, the server;
+//! - [`config`]: typed settings from the kernel command line, a file, the environment, flags;
+//! - [`cli`]: the `rivet` command line;
+//! - [`external`]: running the few external tools rivet needs;
+//! - [`errors`]: IPA's error types, as the conductor sees them;
+//! - [`system`]: what `system.lockdown` does to the machine (network interfaces down).
 
 pub mod agent;
+pub mod boot;
+pub mod cli;
 pub mod config;
 pub mod configdrive;
 pub mod demo;
 pub mod deploy;
 pub mod disk;
+pub mod erase;
 pub mod errors;
+pub mod external;
 pub mod image;
+pub mod system;

@@ -266,6 +266,12 @@ fn auto_tls_sends_its_certificate_and_serves_https() {
     );
     let status = https_get(&pem, port, "/v1/status");
     assert!(status.contains("started_at"), "{status}");
+    // The API's own links follow the scheme it is really served with.
+    let root = https_get(&pem, port, "/");
+    assert!(
+        root.contains(&format!("https://127.0.0.1:{port}/v1")) && !root.contains("http://"),
+        "{root}"
+    );
 }
 
 /// `listen_tls` with a certificate and key given as files.

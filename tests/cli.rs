@@ -48,6 +48,7 @@ fn deploy_with_flags_succeeds_and_says_so() {
         "--retries",
         "1",
         "--verify-readback",
+        "--no-partition-check",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -90,10 +91,34 @@ fn deploy_with_image_info_json_as_ironic_sends_it() {
         info.to_str().unwrap(),
         "--device",
         t.to_str().unwrap(),
+        "--no-partition-check",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("image 4f2c-glance-id written"));
     assert_eq!(std::fs::read(&t).unwrap(), *data);
+
+    // Without --no-partition-check the CLI applies the agent's rule: an image that leaves no
+    // partition table fails, and the disk's table areas are wiped.
+    let o = rivet(&[
+        "deploy",
+        "--image-info",
+        info.to_str().unwrap(),
+        "--device",
+        t.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.trim_end().ends_with(
+            "rivet: DeploymentError: Unable to find a valid partition table on the disk after \
+             writing the image. The image may be corrupted or it uses a different sector size \
+             than the device. Error: no GPT or MBR found"
+        ),
+        "{err}"
+    );
+    assert!(std::fs::read(&t).unwrap()[..1 << 20]
+        .iter()
+        .all(|&b| b == 0));
 }
 
 #[test]

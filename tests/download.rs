@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{bytes, digest, sha256, Route, Server};
-use rivet::deploy::pipeline::{write_image, DeployOptions, Deployed};
+use rivet::deploy::pipeline::{write_image_to_path, DeployOptions, Written};
 use rivet::errors::{AgentError, Result};
 use rivet::image::fetch::{FetchConfig, Progress};
 use rivet::image::info::ImageInfo;
@@ -35,15 +35,15 @@ fn sha_info(urls: &[String], data: &[u8]) -> ImageInfo {
     )
 }
 
-fn run(i: &ImageInfo, target: &Path, c: &FetchConfig) -> (Result<Deployed>, Arc<Progress>) {
+fn run(i: &ImageInfo, target: &Path, c: &FetchConfig) -> (Result<Written>, Arc<Progress>) {
     let p = Arc::new(Progress::default());
     (
-        write_image(i, target, c, &DeployOptions::default(), p.clone()),
+        write_image_to_path(i, target, c, &DeployOptions::default(), p.clone()),
         p,
     )
 }
 
-fn err(r: Result<Deployed>) -> AgentError {
+fn err(r: Result<Written>) -> AgentError {
     match r {
         Ok(d) => panic!("expected a failure, got {d:?}"),
         Err(e) => e,
@@ -393,7 +393,7 @@ fn basic_auth_and_conductor_authorization() {
     assert!(e.details().contains("Received status code 401"));
     // From the agent's configuration instead.
     let c = FetchConfig {
-        auth_strategy: "http_basic".into(),
+        auth_strategy: rivet::config::AuthStrategy::HttpBasic,
         auth_user: Some("user".into()),
         auth_password: Some("pass".into()),
         ..cfg()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{bytes, sha256, Route, Server};
-use rivet::deploy::pipeline::{write_image, DeployOptions};
+use rivet::deploy::pipeline::{write_image_to_path, DeployOptions};
 use rivet::image::fetch::FetchConfig;
 use rivet::image::info::ImageInfo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -134,7 +134,7 @@ fn https_needs_a_trusted_ca_or_insecure() {
     let url = format!("https://127.0.0.1:{port}/img");
     let dir = tempfile::tempdir().unwrap();
     let t = dir.path().join("disk");
-    let e = write_image(
+    let e = write_image_to_path(
         &info(&url, &data),
         &t,
         &cfg(),
@@ -153,7 +153,7 @@ fn https_needs_a_trusted_ca_or_insecure() {
         cafile: Some(ca),
         ..cfg()
     };
-    write_image(
+    write_image_to_path(
         &info(&url, &data),
         &t,
         &c,
@@ -167,7 +167,7 @@ fn https_needs_a_trusted_ca_or_insecure() {
         ..cfg()
     };
     std::fs::remove_file(&t).unwrap();
-    write_image(
+    write_image_to_path(
         &info(&url, &data),
         &t,
         &c,
@@ -191,7 +191,7 @@ fn client_certificates() {
         cafile: Some(ca.clone()),
         ..cfg()
     };
-    let e = write_image(
+    let e = write_image_to_path(
         &info(&url, &data),
         &t,
         &c,
@@ -206,7 +206,7 @@ fn client_certificates() {
         keyfile: Some(write_file(dir.path(), "k.pem", &p.client_key_pem)),
         ..cfg()
     };
-    write_image(
+    write_image_to_path(
         &info(&url, &data),
         &t,
         &c,
@@ -220,7 +220,7 @@ fn client_certificates() {
         certfile: Some(dir.path().join("c.pem")),
         ..cfg()
     };
-    let e = write_image(
+    let e = write_image_to_path(
         &info(&url, &data),
         &t,
         &c,
@@ -254,14 +254,15 @@ fn proxies_apply_per_request_and_no_proxy_bypasses_them() {
     let v = json!({"id": "p", "urls": [target], "checksum": sha256(&data),
                    "proxies": {"http": format!("http://127.0.0.1:{}", proxy.port)}});
     let i = ImageInfo::from_value(&v, false).unwrap();
-    write_image(&i, &t, &cfg(), &DeployOptions::default(), Arc::default()).unwrap();
+    write_image_to_path(&i, &t, &cfg(), &DeployOptions::default(), Arc::default()).unwrap();
     assert!(std::fs::read(&t).unwrap() == *data);
     assert_eq!(proxy.hits(target), 1);
     // no_proxy names the host: the request goes direct, and that host does not resolve.
     let mut v2 = v.clone();
     v2["no_proxy"] = json!("rivet.invalid,example.org");
     let i = ImageInfo::from_value(&v2, false).unwrap();
-    let e = write_image(&i, &t, &cfg(), &DeployOptions::default(), Arc::default()).unwrap_err();
+    let e =
+        write_image_to_path(&i, &t, &cfg(), &DeployOptions::default(), Arc::default()).unwrap_err();
     assert_eq!(e.type_name(), "ImageDownloadError");
     assert_eq!(proxy.hits(target), 1, "no_proxy was not honoured");
     // And the process environment was not touched.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{loop_devices_available, sha256, LoopDev, Route, Server};
 use rivet::deploy::decode::{FormatPolicy, WritePath};
-use rivet::deploy::pipeline::{write_image, DeployOptions, Deployed};
+use rivet::deploy::pipeline::{write_image_to_path, DeployOptions, Written};
 use rivet::errors::Result;
 use rivet::image::fetch::FetchConfig;
 use rivet::image::info::ImageInfo;
@@ -69,7 +69,7 @@ fn deploy_file(
     file: &Path,
     target: &Path,
     policy: FormatPolicy,
-) -> (Result<Deployed>, String) {
+) -> (Result<Written>, String) {
     let data = Arc::new(std::fs::read(file).unwrap());
     let name = format!("/{}", file.file_name().unwrap().to_string_lossy());
     let url = s.route(
@@ -89,7 +89,7 @@ fn deploy_file(
         ..DeployOptions::default()
     };
     (
-        write_image(&info, target, &cfg(), &opts, Arc::default()),
+        write_image_to_path(&info, target, &cfg(), &opts, Arc::default()),
         url,
     )
 }
@@ -201,6 +201,7 @@ fn qcow2_onto_a_regular_file_and_through_the_cli() {
             &sha256(&data),
             "--retries",
             "0",
+            "--no-partition-check",
         ])
         .output()
         .unwrap();
@@ -366,6 +367,67 @@ fn vmdk_takes_the_temp_file_path_when_permitted() {
         leftovers, 0,
         "the temp file must be removed ({tmp_before} entries before)"
     );
+}
+
+/// A streamOptimized VMDK (grain directory "at end") of `len` bytes whose footer claims its
+/// descriptor at `footer_desc_sector`: header, embedded descriptor, grains, then the footer
+/// marker, the footer (a copy of the header, which qemu prefers) and the end-of-stream marker.
+fn vmdk_with_footer(len: usize, footer_desc_sector: u64) -> Vec<u8> {
+    let put = |b: &mut [u8], at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+    let mut h = vec![0u8; 512];
+    put(&mut h, 0, b"KDMV");
+    put(&mut h, 4, &1u32.to_le_bytes());
+    put(&mut h, 12, &2048u64.to_le_bytes());
+    put(&mut h, 20, &128u64.to_le_bytes());
+    put(&mut h, 28, &1u64.to_le_bytes());
+    put(&mut h, 36, &20u64.to_le_bytes());
+    put(&mut h, 44, &512u32.to_le_bytes());
+    put(&mut h, 56, &u64::MAX.to_le_bytes());
+    let desc = "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+                createType=\"streamOptimized\"\n\n# Extent description\nRW 2048 SPARSE \"d.vmdk\"\n";
+    let mut img = h.clone();
+    img.extend_from_slice(desc.as_bytes());
+    img.resize(len - 3 * 512, 0);
+    let mut marker = vec![0u8; 512];
+    put(&mut marker, 0, &1u64.to_le_bytes());
+    put(&mut marker, 12, &3u32.to_le_bytes()); // footer marker
+    let mut footer = h;
+    put(&mut footer, 28, &footer_desc_sector.to_le_bytes());
+    put(&mut footer, 56, &40u64.to_le_bytes());
+    img.extend_from_slice(&marker);
+    img.extend_from_slice(&footer);
+    img.extend_from_slice(&[0u8; 512]);
+    img
+}
+
+/// A VMDK longer than the inspector's head whose footer points at another descriptor: the
+/// head passes, the tail must refuse it before qemu-img sees the file, even with vmdk
+/// permitted. The same image with an honest footer gets past the check (to qemu-img).
+#[test]
+fn a_vmdk_footer_hiding_a_hostile_descriptor_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start();
+    let t = dir.path().join("disk");
+    let permitted = FormatPolicy {
+        permitted: vec!["raw".into(), "qcow2".into(), "vmdk".into()],
+        ..policy()
+    };
+    let run = |name: &str, footer_desc_sector: u64| {
+        let v = dir.path().join(name);
+        std::fs::write(&v, vmdk_with_footer(3 * MIB, footer_desc_sector)).unwrap();
+        std::fs::write(&t, vec![0xAAu8; 10 * MIB]).unwrap();
+        deploy_file(&s, &v, &t, permitted.clone()).0
+    };
+    let hostile = run("hostile.vmdk", 2).unwrap_err();
+    assert_eq!(hostile.type_name(), "InvalidImage");
+    assert_eq!(hostile.details(), "Security: Image failed safety check");
+    assert!(
+        std::fs::read(&t).unwrap().iter().all(|&b| b == 0xAA),
+        "nothing may be written"
+    );
+    // The same image with an honest footer passes the check and qemu-img converts it.
+    let honest = run("honest.vmdk", 1).unwrap();
+    assert_eq!(honest.path, WritePath::TempFile);
 }
 
 /// Hostile images: each is refused with IPA's message and nothing reaches the disk.

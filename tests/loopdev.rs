@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{gpt_image, loop_devices_available, sha256, LoopDev, Route, Server};
-use rivet::deploy::pipeline::{write_image, DeployOptions};
-use rivet::disk::table::GptFix;
+use rivet::deploy::pipeline::{write_image_to_path, DeployOptions};
+use rivet::disk::partitions::GptFix;
 use rivet::image::fetch::{FetchConfig, Progress};
 use rivet::image::info::ImageInfo;
 use serde_json::json;
@@ -64,7 +64,7 @@ fn a_gpt_image_lands_bit_for_bit_and_its_backup_header_moves_to_the_end() {
         verify_readback: true,
         ..DeployOptions::default()
     };
-    let d = write_image(
+    let d = write_image_to_path(
         &info,
         &dev.dev,
         &cfg(),
@@ -112,7 +112,7 @@ fn a_raw_image_as_large_as_the_device_lands_bit_for_bit() {
         false,
     )
     .unwrap();
-    let d = write_image(
+    let d = write_image_to_path(
         &info,
         &dev.dev,
         &cfg(),
@@ -151,7 +151,7 @@ fn a_failed_checksum_leaves_no_partition_table_on_the_device() {
         false,
     )
     .unwrap();
-    let e = write_image(
+    let e = write_image_to_path(
         &info,
         &dev.dev,
         &cfg(),
@@ -196,7 +196,7 @@ fn a_device_that_is_too_small_is_refused_and_untouched() {
         false,
     )
     .unwrap();
-    let e = write_image(
+    let e = write_image_to_path(
         &info,
         &dev.dev,
         &cfg(),
@@ -235,7 +235,7 @@ fn a_device_in_use_is_refused() {
         false,
     )
     .unwrap();
-    let e = write_image(
+    let e = write_image_to_path(
         &info,
         &dev.dev,
         &cfg(),

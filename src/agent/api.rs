@@ -61,12 +61,7 @@ fn host_url(headers: &HeaderMap, agent: &Agent) -> String {
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let scheme = if agent.settings().bool("listen_tls").unwrap_or(false) {
-        "https"
-    } else {
-        "http"
-    };
-    format!("{scheme}://{host}")
+    format!("{}://{host}", agent.scheme().as_str())
 }
 
 fn docs_link() -> Value {

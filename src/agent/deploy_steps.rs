@@ -97,7 +97,7 @@ pub fn execute_deploy_step(
     let result = match name {
         "write_image" => {
             let info = arg("image_info");
-            standby::validate_image_info(&info, agent.fetch_config()?.md5_enabled)?;
+            standby::validate_image_info(&info, agent.settings().md5_enabled)?;
             let msg = standby::prepare_image(agent, info, string_arg("configdrive")?, progress)?;
             json!({"result": format!("prepare_image: {msg}")})
         }

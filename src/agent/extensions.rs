@@ -29,7 +29,7 @@ pub fn resolve(
         "standby" => match cmd {
             "prepare_image" => {
                 let p = Params::new(cmd, params, &["image_info", "configdrive"])?;
-                let (info, md5) = (p.get("image_info"), a.fetch_config()?.md5_enabled);
+                let (info, md5) = (p.get("image_info"), a.settings().md5_enabled);
                 standby::validate_image_info(&info, md5)?;
                 let configdrive = p.opt_string("configdrive")?;
                 Ok(Prepared::Async(Box::new(move |progress| {

@@ -51,25 +51,22 @@ impl Ironic {
     pub fn new(agent: &Agent) -> Result<Option<Ironic>, IronicError> {
         let s = agent.settings();
         let urls: Vec<String> = s
-            .list("api_url")
-            .into_iter()
+            .api_url
+            .0
+            .iter()
             .map(|u| u.trim_end_matches('/').to_string())
             .collect();
         if urls.is_empty() {
             return Ok(None);
         }
-        let fetch = s
-            .fetch_config()
-            .map_err(|e| IronicError::Config(e.to_string()))?;
-        let timeout = s
-            .secs("http_request_timeout")
-            .map_err(|e| IronicError::Config(e.to_string()))?;
+        let fetch = s.fetch_config();
+        let timeout = s.http_request_timeout.0;
         let client = crate::image::http::build_client(&fetch, &Default::default(), None)
-            .map_err(IronicError::Config)?;
+            .map_err(|e| IronicError::Config(e.to_string()))?;
         Ok(Some(Ironic {
             urls,
             client,
-            request_id: s.get("global_request_id").map(str::to_owned),
+            request_id: s.global_request_id.clone(),
             version: FALLBACK_VERSION,
             timeout,
         }))
@@ -177,7 +174,7 @@ impl Ironic {
         interval: Duration,
     ) -> Result<Value, IronicError> {
         let start = Instant::now();
-        let node_uuid = agent.settings().get("node_uuid").map(str::to_owned);
+        let node_uuid = agent.settings().node_uuid;
         let mut wait = interval.max(Duration::from_millis(100));
         let mut conflicts = 0usize;
         loop {
@@ -305,36 +302,22 @@ pub fn apply_lookup(agent: &Agent, answer: &Value) -> Result<(), IronicError> {
         }
         _ => {}
     }
-    let as_text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
-    };
-    for (from, to) in [
-        ("agent_md5_checksum_enable", "md5_enabled"),
-        ("permitted_image_formats", "permitted_image_formats"),
-        (
-            "disable_deep_image_inspection",
-            "disable_deep_image_inspection",
-        ),
-        ("heartbeat_timeout", "heartbeat_timeout"),
-        ("tls_min_version", "tls_min_version"),
-    ] {
-        if let Some(v) = cfg.get(from).filter(|v| !v.is_null()) {
-            agent.set_setting(to, &as_text(v));
-        }
+    if let Some(c) = cfg.get("agent_containers").filter(|v| !v.is_null()) {
+        // Container-based steps are not implemented: say so now, refuse them when asked.
+        tracing::warn!("Ironic sent agent_containers ({c}); rivet runs no container steps");
     }
-    Ok(())
+    match cfg.as_object() {
+        Some(map) => agent
+            .update_settings(|s| s.apply_lookup_config(map))
+            .map_err(|e| IronicError::Config(e.to_string())),
+        None => Ok(()),
+    }
 }
 
 /// The address to advertise: `advertise_host`, else the local address that reaches Ironic.
 pub fn advertise_host(agent: &Agent, ironic: &Ironic) -> Result<String, IronicError> {
-    match agent.settings().get("advertise_host") {
-        Some(h) => Ok(h.to_string()),
+    match agent.settings().advertise_host {
+        Some(h) => Ok(h),
         None => local_address_towards(ironic.first_url())
             .map(|ip| ip.to_string())
             .ok_or_else(|| IronicError::Config("cannot find an address to advertise".into())),
@@ -346,21 +329,15 @@ pub fn advertise_host(agent: &Agent, ironic: &Ironic) -> Result<String, IronicEr
 pub async fn run(
     agent: Arc<Agent>,
     mut ironic: Ironic,
-    listen_port: u16,
     verify_ca: Option<String>,
 ) -> Result<(), IronicError> {
     let s = agent.settings();
-    let addresses = match s.list("lookup_addresses") {
+    let addresses = match &s.lookup_addresses.0 {
         l if l.is_empty() => nic_macs(),
-        l => l,
+        l => l.clone(),
     }
     .join(",");
-    let timeout = s
-        .secs("lookup_timeout")
-        .map_err(|e| IronicError::Config(e.to_string()))?;
-    let interval = s
-        .secs("lookup_interval")
-        .map_err(|e| IronicError::Config(e.to_string()))?;
+    let (timeout, interval) = (s.lookup_timeout.0, s.lookup_interval.0);
     let answer = ironic.lookup(&agent, &addresses, timeout, interval).await?;
     apply_lookup(&agent, &answer)?;
     let node_uuid = answer
@@ -377,11 +354,12 @@ pub async fn run(
     } else {
         host
     };
-    let port = s
-        .get("advertise_port")
-        .map(str::to_owned)
-        .unwrap_or_else(|| listen_port.to_string());
-    let proto = s.get("advertise_protocol").unwrap_or("http").to_string();
+    let port = s.advertise_port;
+    // Served over TLS means advertised as https, whatever the setting says.
+    let proto = match agent.scheme() {
+        crate::config::Scheme::Https => "https",
+        crate::config::Scheme::Http => s.advertise_protocol.as_str(),
+    };
     let callback_url = format!("{proto}://{host}:{port}");
 
     loop {
@@ -398,12 +376,7 @@ pub async fn run(
         }
         let ok = ironic.heartbeat(&node_uuid, &body).await;
         let last = Instant::now();
-        let timeout: f64 = agent
-            .settings()
-            .num("heartbeat_timeout")
-            .ok()
-            .flatten()
-            .unwrap_or(300.0);
+        let timeout = agent.settings().heartbeat_timeout.0.as_secs_f64();
         let wait = if ok {
             Duration::from_secs_f64(timeout * rand::rng().random_range(0.3..0.6))
         } else {

@@ -14,6 +14,7 @@ pub mod extensions;
 pub mod ironic;
 pub mod log;
 pub mod power;
+pub mod server;
 pub mod standby;
 pub mod tls;
 
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde_json::Value;
 
-use crate::config::Settings;
+use crate::config::{Scheme, Settings};
 use crate::disk::root;
 use crate::errors::AgentError;
 use crate::image::fetch::FetchConfig;
@@ -54,21 +55,20 @@ pub struct Agent {
     pub heartbeat_now: tokio::sync::Notify,
     /// Recent log lines, for `log.collect_system_logs`.
     pub logs: Arc<log::LogBuffer>,
+    /// http or https, as the API is really served (`GET /` links use it).
+    scheme: std::sync::OnceLock<Scheme>,
 }
 
 impl Agent {
     /// An agent with these settings.
-    pub fn new(settings: Settings, logs: Arc<log::LogBuffer>) -> Result<Arc<Agent>, String> {
-        let power = power::backend(
-            settings.get("power_backend").unwrap_or("log"),
-            settings.get("power_log").map(PathBuf::from),
-        )?;
-        let token = settings.get("agent_token").map(str::to_owned);
+    pub fn new(settings: Settings, logs: Arc<log::LogBuffer>) -> Arc<Agent> {
+        let power = power::backend(settings.power_backend, settings.power_log.clone());
+        let token = settings.agent_token.clone();
         let started_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        Ok(Arc::new(Agent {
+        Arc::new(Agent {
             settings: RwLock::new(settings),
             engine: commands::Engine::default(),
             token: RwLock::new(token),
@@ -78,7 +78,8 @@ impl Agent {
             started_at,
             heartbeat_now: tokio::sync::Notify::new(),
             logs,
-        }))
+            scheme: std::sync::OnceLock::new(),
+        })
     }
 
     /// A copy of the current settings.
@@ -89,12 +90,19 @@ impl Agent {
             .clone()
     }
 
-    /// Applies a setting Ironic sent at lookup.
-    pub fn set_setting(&self, name: &str, value: &str) {
-        self.settings
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .set(name, value);
+    /// Changes the settings in place (Ironic's lookup overrides, auto-TLS).
+    pub fn update_settings<T>(&self, f: impl FnOnce(&mut Settings) -> T) -> T {
+        f(&mut self.settings.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Records the scheme the API is served with, once it is known.
+    pub fn set_scheme(&self, scheme: Scheme) {
+        let _ = self.scheme.set(scheme);
+    }
+
+    /// The scheme the API is served with (`http` until the server says otherwise).
+    pub fn scheme(&self) -> Scheme {
+        self.scheme.get().copied().unwrap_or(Scheme::Http)
     }
 
     /// Whether `given` is the agent's token. With no token at all, nothing is accepted.
@@ -144,20 +152,18 @@ impl Agent {
     }
 
     /// Download settings, with Ironic's lookup overrides applied.
-    pub fn fetch_config(&self) -> Result<FetchConfig, AgentError> {
-        self.settings()
-            .fetch_config()
-            .map_err(|e| AgentError::CommandExecution(e.to_string()))
+    pub fn fetch_config(&self) -> FetchConfig {
+        self.settings().fetch_config()
     }
 
     /// The install device: `root_device` when set, else chosen from sysfs with the node's
     /// root device hints (SPEC §9).
     pub fn root_device(&self) -> Result<PathBuf, AgentError> {
-        if let Some(dev) = self.settings().get("root_device") {
-            let p = PathBuf::from(dev);
+        if let Some(p) = self.settings().root_device {
             if !p.exists() {
                 return Err(AgentError::DeviceNotFound(format!(
-                    "The configured root device {dev} does not exist"
+                    "The configured root device {} does not exist",
+                    p.display()
                 )));
             }
             return Ok(p);

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::config::PowerBackendKind;
 use crate::errors::AgentError;
 
 /// What to do to the machine.
@@ -116,14 +117,11 @@ impl PowerBackend for SystemBackend {
     }
 }
 
-/// The backend named `name`.
-pub fn backend(name: &str, log_file: Option<PathBuf>) -> Result<Box<dyn PowerBackend>, String> {
-    match name {
-        "log" => Ok(Box::new(LogBackend { file: log_file })),
-        "system" => Ok(Box::new(SystemBackend)),
-        other => Err(format!(
-            "unknown power backend '{other}' (choose 'log' or 'system')"
-        )),
+/// The backend of that kind (the name was checked when the settings were parsed).
+pub fn backend(kind: PowerBackendKind, log_file: Option<PathBuf>) -> Box<dyn PowerBackend> {
+    match kind {
+        PowerBackendKind::Log => Box::new(LogBackend { file: log_file }),
+        PowerBackendKind::System => Box::new(SystemBackend),
     }
 }
 
@@ -135,15 +133,13 @@ mod tests {
     fn log_backend_records_and_system_backend_is_fenced() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("power.log");
-        let b = backend("log", Some(f.clone())).unwrap();
+        let b = backend(PowerBackendKind::Log, Some(f.clone()));
         b.act(PowerAction::PowerOff).unwrap();
         b.act(PowerAction::Reboot).unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "poweroff\nreboot\n");
-        assert!(backend("mystery", None).is_err());
         // SAFETY of the test itself: with the fence set the system backend refuses.
         std::env::set_var("RIVET_FORBID_POWER", "1");
-        let e = backend("system", None)
-            .unwrap()
+        let e = backend(PowerBackendKind::System, None)
             .act(PowerAction::PowerOff)
             .unwrap_err();
         assert_eq!(e.type_name(), "SystemRebootError");

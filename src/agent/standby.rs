@@ -1,7 +1,6 @@
 //! The standby extension's commands (SPEC §6): `prepare_image`, `run_image`, `power_off`,
 //! `sync`, `get_partition_uuids`, `execute_bootc_install`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -9,11 +8,9 @@ use serde_json::{json, Value};
 use super::power::PowerAction;
 use super::Agent;
 use crate::deploy::bootc::{self, BootcRequest};
-use crate::deploy::configdrive_write;
-use crate::deploy::decode::{FormatPolicy, WritePath};
-use crate::deploy::partition_image;
-use crate::deploy::pipeline::{self, DeployOptions};
-use crate::disk::table;
+use crate::deploy::{self, configdrive_write, DeployRequest};
+use crate::disk::device::Target;
+use crate::disk::partitions;
 use crate::errors::AgentError;
 use crate::image::fetch::Progress;
 use crate::image::info::ImageInfo;
@@ -28,138 +25,42 @@ pub fn validate_image_info(info: &Value, md5_enabled: bool) -> Result<(), AgentE
     ImageInfo::from_value(info, md5_enabled).map(|_| ())
 }
 
-/// `prepare_image`: writes the image to the install disk, checks the partition table, and
-/// returns IPA's message (`image (<id>) written to device <dev> root_uuid=<uuid>`).
+/// `prepare_image`: writes the image to the install disk through the one deploy orchestrator
+/// and returns IPA's message (`image (<id>) written to device <dev> root_uuid=<uuid>`).
 pub fn prepare_image(
     agent: &Arc<Agent>,
     info: Value,
     configdrive: Option<String>,
     progress: &Arc<Progress>,
 ) -> Result<String, AgentError> {
-    let cfg = agent.fetch_config()?;
-    let info = ImageInfo::from_value(&info, cfg.md5_enabled)?;
-    let configdrive = configdrive.or_else(|| info.configdrive.clone());
-    let device = agent.root_device()?;
-    tracing::info!(image = %info.id, device = %device.display(), "prepare_image");
-
     let settings = agent.settings();
-    let opts = DeployOptions {
-        policy: FormatPolicy {
-            disk_format: info.disk_format.clone(),
-            permitted: settings.list("permitted_image_formats"),
-            deep: !settings
-                .bool("disable_deep_image_inspection")
-                .unwrap_or(false),
-            // IPA streams only raw images with stream_raw_images; rivet streams qcow2 too,
-            // and keeps IPA's cache path when Ironic turns streaming off for raw.
-            stream: info.stream_raw_images || !matches!(info.disk_format.as_deref(), Some("raw")),
-            ..FormatPolicy::default()
-        },
-        tmp_dir: settings.get("image_tmp_dir").map(Into::into),
-        ..DeployOptions::default()
-    };
-
-    if info.is_partition_image() {
-        // Partition images carry their config drive inside the layout.
-        let node = agent.node().unwrap_or_else(|| json!({}));
-        let r = partition_image::deploy(
-            &info,
-            &node,
-            &device,
-            configdrive.as_deref(),
-            &cfg,
-            &opts,
-            Arc::clone(progress),
-        )?;
-        agent.standby().partition_uuids = Some(r.uuids.clone());
-        validate_partitioning(&device)?;
-        let mut msg = format!(
-            "image ({}) written to device {} root_uuid={}",
-            info.id,
-            device.display(),
-            r.root_uuid.as_deref().unwrap_or("None")
-        );
-        if info.deploy_boot_mode.as_deref() == Some("uefi") {
-            if let Some(e) = &r.efi_uuid {
-                msg.push_str(&format!(" efi_system_partition_uuid={e}"));
-            }
-        }
-        return Ok(msg);
+    let info = ImageInfo::from_value(&info, settings.md5_enabled)?;
+    let device = agent.root_device()?;
+    let mut req = DeployRequest::new(info, device, &settings);
+    if configdrive.is_some() {
+        req.configdrive = configdrive;
     }
-
-    let cached = agent.standby().cached_image_id.clone();
-    if cached.as_deref() != Some(info.id.as_str()) {
-        let done = pipeline::write_image(&info, &device, &cfg, &opts, Arc::clone(progress))?;
-        tracing::info!(
-            "image {} written to {} in {:.1} s ({:?})",
-            info.id,
-            device.display(),
-            done.elapsed.as_secs_f64(),
-            done.path
-        );
-        let mut st = agent.standby();
-        st.partition_uuids = Some(json!({}));
-        // As IPA: only the cache (temp-file) path remembers the image; streaming never does.
-        st.cached_image_id = (done.path == WritePath::TempFile).then(|| info.id.clone());
-    }
-    validate_partitioning(&device)?;
-    if let Some(cd) = configdrive.as_deref().filter(|c| !c.is_empty()) {
-        write_config_drive(agent, info.node_label(), &device, cd)?;
-    }
-    let root_uuid = root_uuid(&device);
+    req.node = agent.node().unwrap_or_else(|| json!({}));
+    req.cached_image_id = agent.standby().cached_image_id.clone();
+    let done = deploy::run(&req, Arc::clone(progress))?;
     {
         let mut st = agent.standby();
-        let mut uuids = st.partition_uuids.take().unwrap_or_else(|| json!({}));
-        if let (Some(u), Some(o)) = (&root_uuid, uuids.as_object_mut()) {
-            o.insert("root uuid".into(), json!(u));
-        }
-        st.partition_uuids = Some(uuids);
+        st.partition_uuids = Some(done.partition_uuids.clone());
+        st.cached_image_id = done.cache_id.clone();
     }
-    Ok(format!(
+    let info = &req.info;
+    let mut msg = format!(
         "image ({}) written to device {} root_uuid={}",
         info.id,
-        device.display(),
-        root_uuid.as_deref().unwrap_or("None")
-    ))
-}
-
-/// The MBR disk signature, as IPA's `hexdump` gives it; `None` when unreadable.
-fn root_uuid(device: &Path) -> Option<String> {
-    let f = std::fs::File::open(device).ok()?;
-    table::mbr_disk_signature(&f).ok()
-}
-
-/// `_validate_partitioning`: the disk must hold a readable partition table with at least one
-/// partition (read natively instead of `parted`).
-pub fn validate_partitioning(device: &Path) -> Result<(), AgentError> {
-    let mut f = std::fs::File::open(device).map_err(|e| {
-        AgentError::Deployment(format!(
-            "Unable to find a valid partition table on the disk after writing the image. \
-             The image may be corrupted or it uses a different sector size than the device. \
-             Error: cannot open {}: {e}",
-            device.display()
-        ))
-    })?;
-    let count = match gptman::GPT::find_from(&mut f) {
-        Ok(gpt) => gpt.iter().filter(|(_, p)| p.is_used()).count(),
-        Err(_) => match mbrman::MBR::read_from(&mut f, 512) {
-            Ok(mbr) => mbr.iter().filter(|(_, p)| p.is_used()).count(),
-            Err(e) => {
-                return Err(AgentError::Deployment(format!(
-                    "Unable to find a valid partition table on the disk after writing the \
-                     image. The image may be corrupted or it uses a different sector size than \
-                     the device. Error: {e}"
-                )))
-            }
-        },
-    };
-    if count == 0 {
-        return Err(AgentError::Deployment(format!(
-            "No partitions found on the device {} after writing the image.",
-            device.display()
-        )));
+        done.device.display(),
+        done.root_uuid.as_deref().unwrap_or("None")
+    );
+    if info.is_partition_image() && info.deploy_boot_mode.as_deref() == Some("uefi") {
+        if let Some(e) = &done.efi_uuid {
+            msg.push_str(&format!(" efi_system_partition_uuid={e}"));
+        }
     }
-    Ok(())
+    Ok(msg)
 }
 
 /// `get_partition_uuids`: the stored dict, or `{}` before any `prepare_image`.
@@ -186,9 +87,9 @@ pub fn sync() -> Result<(), AgentError> {
 /// `run_image` / `power_off`: optional clock sync, sync, then the power backend.
 pub fn shutdown(agent: &Agent, action: PowerAction) -> Result<(), AgentError> {
     let settings = agent.settings();
-    if let Some(ntp) = settings.get("ntp_server") {
+    if let Some(ntp) = settings.ntp_server.as_deref() {
         if let Err(e) = sync_clock(ntp) {
-            if settings.bool("fail_if_clock_not_set").unwrap_or(false) {
+            if settings.fail_if_clock_not_set {
                 return Err(e);
             }
             tracing::warn!("{e}");
@@ -208,18 +109,9 @@ fn sync_clock(ntp: &str) -> Result<(), AgentError> {
         return Err(AgentError::ClockSync(format!("Invalid NTP server: {ntp}")));
     }
     let run = |cmd: &str, args: &[&str]| -> Result<(), AgentError> {
-        let out = std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .map_err(|e| AgentError::ClockSync(format!("{cmd}: {e}")))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(AgentError::ClockSync(format!(
-                "{cmd} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
+        crate::external::run(cmd, args)
+            .map(drop)
+            .map_err(|f| AgentError::ClockSync(f.to_string()))
     };
     if run("chronyc", &["shutdown"]).is_ok() {
         run("chronyd", &["-q", &format!("server {ntp} iburst")])?;
@@ -240,7 +132,7 @@ pub fn execute_bootc_install(
     configdrive: Option<String>,
 ) -> Result<String, AgentError> {
     let settings = agent.settings();
-    if settings.bool("disable_bootc_deploy").unwrap_or(false) {
+    if settings.disable_bootc_deploy {
         return Err(AgentError::CommandExecution(
             "The bootc deploy interface is administratively disable. Deployment cannot proceed."
                 .into(),
@@ -264,40 +156,25 @@ pub fn execute_bootc_install(
         pull_secret,
         authorized_keys: None,
         tpm2_luks: false,
-        containers_conf_dir: settings
-            .get("containers_conf_dir")
-            .unwrap_or("/etc/containers/containers.conf.d")
-            .into(),
+        containers_conf_dir: settings.containers_conf_dir.clone(),
     }
     .from_instance_info(instance_info);
     bootc::install(&req)?;
-    validate_partitioning(&device)?;
+    partitions::check_after_write(&device)?;
     if let Some(cd) = configdrive.filter(|c| !c.is_empty()) {
-        write_config_drive(agent, "local", &device, &cd)?;
+        let target = Target::open(&device, false).map_err(|e| {
+            AgentError::DeviceNotFound(format!("Cannot open {}: {e}", device.display()))
+        })?;
+        let image = configdrive_write::materialise("local", &cd, &settings.fetch_config())?;
+        configdrive_write::write_config_drive(
+            "local",
+            &target,
+            image,
+            settings.config_drive_rebuild,
+        )?;
     }
     Ok(format!(
         "Container image ({source}) written to device {}",
         device.display()
     ))
-}
-
-/// `create_config_drive_partition` for whole-disk images and bootc (SPEC §10.2).
-fn write_config_drive(
-    agent: &Agent,
-    node: &str,
-    device: &Path,
-    configdrive: &str,
-) -> Result<(), AgentError> {
-    let rebuild = agent
-        .settings()
-        .bool("config_drive_rebuild")
-        .unwrap_or(false);
-    configdrive_write::write_config_drive(
-        node,
-        device,
-        configdrive,
-        &agent.fetch_config()?,
-        rebuild,
-    )
-    .map(|_| ())
 }

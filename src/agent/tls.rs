@@ -14,6 +14,8 @@ use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::config::{Curve, TlsVersion};
+
 /// A TLS setup for the API.
 pub struct ServerTls {
     /// The rustls configuration.
@@ -22,23 +24,37 @@ pub struct ServerTls {
     pub verify_ca: Option<String>,
 }
 
+/// Why the agent's TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read.
+    #[error("cannot read {0}: {1}")]
+    File(std::path::PathBuf, String),
+    /// The auto-TLS certificate could not be made.
+    #[error("cannot make the agent certificate: {0}")]
+    Certificate(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
 fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    min_version: &str,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+    min_version: TlsVersion,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = if min_version == "1.3" {
+    let versions: &[&rustls::SupportedProtocolVersion] = if min_version == TlsVersion::V13 {
         &[&rustls::version::TLS13]
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
-        .map_err(|e| format!("TLS versions: {e}"))?
+        .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("TLS certificate: {e}"))?;
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(Arc::new(cfg))
 }
 
@@ -46,14 +62,14 @@ fn server_config(
 pub fn static_tls(
     cert_file: &Path,
     key_file: &Path,
-    min_version: &str,
-) -> Result<ServerTls, String> {
+    min_version: TlsVersion,
+) -> Result<ServerTls, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| format!("cannot read {}: {e}", cert_file.display()))?
+        .map_err(|e| TlsError::File(cert_file.to_owned(), e.to_string()))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("invalid certificate in {}: {e}", cert_file.display()))?;
+        .map_err(|e| TlsError::File(cert_file.to_owned(), e.to_string()))?;
     let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("invalid key in {}: {e}", key_file.display()))?;
+        .map_err(|e| TlsError::File(key_file.to_owned(), e.to_string()))?;
     Ok(ServerTls {
         config: server_config(certs, key, min_version)?,
         verify_ca: None,
@@ -64,15 +80,16 @@ pub fn static_tls(
 /// (clock skew) for 30 days, as IPA makes it. Written to `state_dir` when given.
 pub fn auto_tls(
     ip: IpAddr,
-    curve: &str,
-    min_version: &str,
+    curve: Curve,
+    min_version: TlsVersion,
     state_dir: Option<&Path>,
-) -> Result<ServerTls, String> {
+) -> Result<ServerTls, TlsError> {
     let alg = match curve {
-        "p256" => &rcgen::PKCS_ECDSA_P256_SHA256,
-        _ => &rcgen::PKCS_ECDSA_P384_SHA384,
+        Curve::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        Curve::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
     };
-    let key = rcgen::KeyPair::generate_for(alg).map_err(|e| format!("key generation: {e}"))?;
+    let key =
+        rcgen::KeyPair::generate_for(alg).map_err(|e| TlsError::Certificate(e.to_string()))?;
     let mut params = rcgen::CertificateParams::default();
     let host = rustix::system::uname()
         .nodename()
@@ -92,7 +109,7 @@ pub fn auto_tls(
     params.not_after = now + Duration::from_secs(30 * 24 * 3600);
     let cert = params
         .self_signed(&key)
-        .map_err(|e| format!("certificate: {e}"))?;
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
     let pem = cert.pem();
     if let Some(dir) = state_dir {
         let written = std::fs::create_dir_all(dir)
@@ -105,7 +122,8 @@ pub fn auto_tls(
             );
         }
     }
-    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| format!("key: {e}"))?;
+    let key_der = PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
     Ok(ServerTls {
         config: server_config(vec![cert.der().clone()], key_der, min_version)?,
         verify_ca: Some(pem),

@@ -253,7 +253,18 @@ pub fn kind(img: &[u8]) -> DriveKind {
     }
 }
 
-/// The label in a FAT boot sector (FAT12/16 at 43, FAT32 at 71), trimmed.
+/// The file system label at the start of `head` (at least 34 KiB of a partition): an ISO 9660
+/// volume id or a FAT volume label; `None` for anything else.
+pub fn label(head: &[u8]) -> Option<String> {
+    match kind(head) {
+        DriveKind::Iso9660 => iso9660::volume_label(head),
+        DriveKind::Vfat => vfat_label(head),
+        DriveKind::Unknown => None,
+    }
+}
+
+/// The label in a FAT boot sector (FAT12/16 at 43, FAT32 at 71), trimmed: the one FAT label
+/// reader.
 fn vfat_label(img: &[u8]) -> Option<String> {
     let b = img.get(..512)?;
     let at = if b[54..].starts_with(b"FAT") { 43 } else { 71 };

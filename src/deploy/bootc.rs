@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -54,14 +54,6 @@ pub fn image_reference(source: &str) -> (String, String) {
     let rest = source.split_once("://").map(|(_, r)| r).unwrap_or(source);
     let netloc = rest.split('/').next().unwrap_or("").to_string();
     (rest.to_string(), netloc)
-}
-
-fn stringify(o: &Output) -> (i32, String, String) {
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 /// Whether SELinux is on (`getenforce` says Enforcing or Permissive); off when it can't tell.
@@ -227,22 +219,19 @@ pub fn install(req: &BootcRequest) -> Result<(), AgentError> {
     let selinux = selinux_enabled();
     let args = run_args(req, &reference, selinux, keys.as_ref().map(|f| f.path()));
     tracing::info!("running podman {}", args.join(" "));
-    let out = Command::new("podman").args(&args).output().map_err(|e| {
-        AgentError::image_write(&req.device, -1, "", &format!("cannot run podman: {e}"))
-    })?;
-    let (rc, stdout, stderr) = stringify(&out);
-    if rc == 0 {
-        return Ok(());
-    }
-    if stdout.contains("executable file `bootc` not found")
-        || stderr.contains("executable file `bootc` not found")
+    let failure = match crate::external::run("podman", &args) {
+        Ok(_) => return Ok(()),
+        Err(f) => f,
+    };
+    if failure.stdout.contains("executable file `bootc` not found")
+        || failure.stderr.contains("executable file `bootc` not found")
     {
         return Err(AgentError::download(
             &req.image_source,
             "Container does not contain the required bootc binary and thus cannot be deployed.",
         ));
     }
-    Err(AgentError::image_write(&req.device, rc, &stdout, &stderr))
+    Err(failure.image_write(&req.device))
 }
 
 #[cfg(test)]

@@ -2,14 +2,12 @@
 //! `config-2` partition or make one in the last 64 MiB of free space, write the config drive
 //! into it by byte offset, and check it by reading it back — no partition node, no mount.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use crate::configdrive::{self, DriveKind};
-use crate::disk::device::reread_partitions;
-use crate::disk::layout::{self, LayoutError, Part};
-use crate::disk::table;
+use crate::disk::device::Target;
+use crate::disk::partitions::{self, LayoutError, Part, TableKind};
 use crate::errors::AgentError;
 use crate::image::fetch::{fetch_bytes, FetchConfig};
 
@@ -21,19 +19,7 @@ const PARTITION_SIZE: u64 = 64 << 20;
 pub fn partition_label(disk: &File, part: &Part) -> Option<String> {
     let mut head = vec![0u8; 34816.min(part.size as usize)];
     disk.read_exact_at(&mut head, part.start).ok()?;
-    match configdrive::kind(&head) {
-        DriveKind::Iso9660 => configdrive::iso9660::volume_label(&head),
-        DriveKind::Vfat => {
-            // FAT32 keeps the label at 71, FAT12/16 at 43 (boot sector, 11 bytes).
-            let at = if &head[82..87] == b"FAT32" { 71 } else { 43 };
-            Some(
-                String::from_utf8_lossy(&head[at..at + 11])
-                    .trim()
-                    .to_string(),
-            )
-        }
-        DriveKind::Unknown => None,
-    }
+    configdrive::label(&head)
 }
 
 /// Decodes a `configdrive` argument, downloading it when it is a URL (the TLS settings of
@@ -47,52 +33,46 @@ pub fn materialise(
     configdrive::materialise(node, configdrive, &|url: &str| fetch_bytes(url, cfg, limit))
 }
 
-/// Writes `configdrive` (gzip+base64 text or an http(s) URL) onto `device` for `node`.
-/// `rebuild` forces the vfat copy (IPA's `config_drive_rebuild`).
+/// Writes a config drive (already decoded by [`materialise`], so a bad one fails before the
+/// image is written) onto the target disk for `node`. `rebuild` forces the vfat copy (IPA's
+/// `config_drive_rebuild`).
 pub fn write_config_drive(
     node: &str,
-    device: &Path,
-    configdrive: &str,
-    cfg: &FetchConfig,
+    target: &Target,
+    image: Vec<u8>,
     rebuild: bool,
 ) -> Result<Part, AgentError> {
-    let dev = device.display().to_string();
+    let dev = target.path().display().to_string();
     let failed = |e: &dyn std::fmt::Display| {
         AgentError::Deployment(format!(
             "Failed to create config drive on disk {dev} for node {node}. Error: {e}"
         ))
     };
-    let image = materialise(node, configdrive, cfg)?;
-    // O_EXCL: refuse a disk that is mounted or held, as for the image itself.
-    let disk = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_EXCL)
-        .open(device)
-        .map_err(|e| failed(&e))?;
-
-    let tbl = layout::read_table(&disk)
+    // The target holds the disk exclusively (O_EXCL) for the whole deploy.
+    let disk = target.file();
+    let tbl = partitions::read_table(disk)
         .map_err(|e| failed(&e))?
         .ok_or_else(|| failed(&"the disk has no partition table"))?;
     let existing: Vec<&Part> = tbl
         .parts
         .iter()
-        .filter(|p| partition_label(&disk, p).is_some_and(|l| l.eq_ignore_ascii_case("config-2")))
+        .filter(|p| partition_label(disk, p).is_some_and(|l| l.eq_ignore_ascii_case("config-2")))
         .collect();
     if existing.len() > 1 {
         return Err(AgentError::Deployment(format!(
             "More than one partition with label \"config-2\" exists on device {dev} for node {node}."
         )));
     }
-    if tbl.kind == layout::TableKind::Gpt {
-        table::relocate_backup_gpt(&disk).map_err(|e| failed(&e))?;
+    target.mark_touched();
+    if tbl.kind == TableKind::Gpt {
+        partitions::relocate_backup_gpt(disk).map_err(|e| failed(&e))?;
     }
     let part = match existing.first() {
         Some(p) => {
             tracing::info!(partition = p.number, "reusing the existing config-2 partition");
             (*p).clone()
         }
-        None => layout::add_end_partition(&disk, PARTITION_SIZE).map_err(|e| match e {
+        None => partitions::add_end_partition(disk, PARTITION_SIZE).map_err(|e| match e {
             LayoutError::TooManyPrimaries(n) => AgentError::Deployment(format!(
                 "Config drive cannot be created for node {node}. Disk ({dev}) uses MBR partitioning and already has {n} primary partitions."
             )),
@@ -101,9 +81,7 @@ pub fn write_config_drive(
     };
 
     // ISO9660 does not work on 4K-sector disks: IPA then rebuilds the drive as vfat.
-    let sector = rustix::fs::ioctl_blksszget(&disk)
-        .map(u64::from)
-        .unwrap_or(512);
+    let sector = target.sector_size();
     let data = if (rebuild || sector == 4096) && configdrive::kind(&image) == DriveKind::Iso9660 {
         tracing::info!("rebuilding the config drive as vfat");
         configdrive::rebuild_vfat(&image, part.size.min(PARTITION_SIZE)).map_err(|e| {
@@ -134,7 +112,7 @@ pub fn write_config_drive(
         .map_err(|e| failed(&e))?;
     configdrive::check(&back)
         .map_err(|e| failed(&format!("the written config drive does not check out: {e}")))?;
-    reread_partitions(&disk, device);
+    target.rescan();
     tracing::info!(
         partition = part.number,
         start = part.start,

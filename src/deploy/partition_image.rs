@@ -5,18 +5,17 @@
 //! mkfs and the image writer want a block device per partition: the kernel's partition node
 //! when it made one (real ramdisks), else a loop device over the partition's byte range.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
 use super::pipeline::{self, DeployOptions};
-use crate::disk::device::reread_partitions;
-use crate::disk::layout::guid_string;
+use crate::disk::device::open_exclusive;
+use crate::disk::partitions::{self, create::NewPart, types::PartKind};
 use crate::errors::AgentError;
+use crate::external::{self, ToolFailure};
 use crate::image::fetch::{FetchConfig, Progress};
 use crate::image::info::ImageInfo;
 
@@ -110,6 +109,27 @@ pub struct Planned {
     pub size: u64,
 }
 
+impl Planned {
+    /// The partition as the table writer takes it.
+    fn new_part(&self, mode: BootMode) -> NewPart {
+        let kind = match self.role {
+            "efi system partition" => PartKind::Esp,
+            "bios" => PartKind::BiosBoot,
+            "swap" => PartKind::Swap,
+            "configdrive" => PartKind::ConfigDrive,
+            _ => PartKind::Linux,
+        };
+        NewPart {
+            number: self.number,
+            start: self.start,
+            size: self.size,
+            kind,
+            name: self.role.to_string(),
+            bootable: self.role == "root" && mode == BootMode::Bios,
+        }
+    }
+}
+
 /// IPA's layout: contiguous from 1 MiB, root last.
 pub fn plan(info: &ImageInfo, mode: BootMode, gpt: bool, configdrive_mb: u64) -> Vec<Planned> {
     let mut sizes: Vec<(&'static str, u64)> = Vec::new();
@@ -171,7 +191,7 @@ pub struct PartDev {
 
 impl PartDev {
     /// Opens partition `p` of `disk`.
-    pub fn open(disk: &Path, p: &Planned) -> Result<PartDev, String> {
+    pub fn open(disk: &Path, p: &Planned) -> Result<PartDev, ToolFailure> {
         let node = partition_path(disk, p.number);
         if node_matches(&node, p) {
             return Ok(PartDev {
@@ -179,25 +199,10 @@ impl PartDev {
                 looped: false,
             });
         }
-        let out = Command::new("losetup")
-            .args([
-                "-f",
-                "--show",
-                "-o",
-                &p.start.to_string(),
-                "--sizelimit",
-                &p.size.to_string(),
-            ])
-            .arg(disk)
-            .output()
-            .map_err(|e| format!("losetup: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "losetup: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let (start, size) = (p.start.to_string(), p.size.to_string());
+        let disk = disk.display().to_string();
+        let args = ["-f", "--show", "-o", &start, "--sizelimit", &size, &disk];
+        let path = PathBuf::from(external::run("losetup", &args)?);
         Ok(PartDev { path, looped: true })
     }
 }
@@ -224,109 +229,23 @@ fn node_matches(node: &Path, p: &Planned) -> bool {
 impl Drop for PartDev {
     fn drop(&mut self) {
         if self.looped {
-            let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+            if let Err(e) = external::run("losetup", &[std::path::Path::new("-d"), &self.path]) {
+                tracing::warn!("could not detach {}: {e}", self.path.display());
+            }
         }
     }
 }
 
 fn run(dev: &Path, cmd: &str, args: &[&str]) -> Result<(), AgentError> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| AgentError::image_write(dev, -1, "", &format!("{cmd}: {e}")))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(AgentError::image_write_output(dev, &out))
+    external::run(cmd, args)
+        .map(drop)
+        .map_err(|f| f.image_write(dev))
 }
 
 fn blkid(dev: &Path, tag: &str) -> Option<String> {
-    let out = Command::new("blkid")
-        .args(["-p", "-s", tag, "-o", "value"])
-        .arg(dev)
-        .output()
-        .ok()?;
-    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dev = dev.display().to_string();
+    let v = external::run("blkid", &["-p", "-s", tag, "-o", "value", &dev]).ok()?;
     (!v.is_empty()).then_some(v)
-}
-
-/// Writes the partition table for `parts` (GPT or MBR), replacing whatever was there.
-fn write_table(
-    disk: &File,
-    parts: &[Planned],
-    gpt: bool,
-    mode: BootMode,
-) -> std::io::Result<Vec<Option<String>>> {
-    let mut f = disk;
-    let len = std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))?;
-    // The table must use the disk's logical sector size, or firmware and kernel won't read it.
-    let ss = rustix::fs::ioctl_blksszget(disk)
-        .map(u64::from)
-        .unwrap_or(512);
-    if !gpt && ss != 512 {
-        return Err(std::io::Error::other(format!(
-            "an msdos label on a {ss}-byte-sector disk is not supported"
-        )));
-    }
-    let zeros = vec![0u8; MIB as usize];
-    std::os::unix::fs::FileExt::write_all_at(disk, &zeros, 0)?;
-    std::os::unix::fs::FileExt::write_all_at(disk, &zeros, len - MIB)?;
-    let other = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
-    if gpt {
-        let mut g = gptman::GPT::new_from(&mut f, ss, *uuid::Uuid::new_v4().as_bytes())
-            .map_err(|e| other(&e))?;
-        let mut ids = Vec::new();
-        for p in parts {
-            let ty = match p.role {
-                "efi system partition" => "c12a7328-f81f-11d2-ba4b-00a0c93ec93b",
-                "bios" => "21686148-6449-6e6f-744e-656564454649",
-                "swap" => "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f",
-                _ => "0fc63daf-8483-4772-8e79-3d69d8477de4",
-            };
-            let id = uuid::Uuid::new_v4();
-            g[p.number] = gptman::GPTPartitionEntry {
-                partition_type_guid: crate::disk::layout::uuid_to_guid(
-                    &ty.parse().map_err(|e| other(&e))?,
-                ),
-                unique_partition_guid: crate::disk::layout::uuid_to_guid(&id),
-                starting_lba: p.start / ss,
-                ending_lba: (p.start + p.size) / ss - 1,
-                attribute_bits: 0,
-                partition_name: p.role.into(),
-            };
-            ids.push(Some(guid_string(&g[p.number].unique_partition_guid)));
-        }
-        g.write_into(&mut f).map_err(|e| other(&e))?;
-        gptman::GPT::write_protective_mbr_into(&mut f, ss).map_err(|e| other(&e))?;
-        f.sync_data()?;
-        Ok(ids)
-    } else {
-        let mut m = mbrman::MBR::new_from(&mut f, 512, *b"rivt").map_err(|e| other(&e))?;
-        for p in parts {
-            let sys = match p.role {
-                "efi system partition" => 0xef,
-                "swap" => 0x82,
-                "configdrive" => 0x0c,
-                _ => 0x83,
-            };
-            let boot = if p.role == "root" && mode == BootMode::Bios {
-                mbrman::BOOT_ACTIVE
-            } else {
-                mbrman::BOOT_INACTIVE
-            };
-            m[p.number as usize] = mbrman::MBRPartitionEntry {
-                boot,
-                first_chs: mbrman::CHS::empty(),
-                sys,
-                last_chs: mbrman::CHS::empty(),
-                starting_lba: u32::try_from(p.start / 512).map_err(|e| other(&e))?,
-                sectors: u32::try_from(p.size / 512).map_err(|e| other(&e))?,
-            };
-        }
-        m.write_into(&mut f).map_err(|e| other(&e))?;
-        f.sync_data()?;
-        Ok(vec![None; parts.len()])
-    }
 }
 
 /// What a partition-image deploy produced: IPA's `get_partition_uuids` dict and the root UUID.
@@ -374,15 +293,9 @@ pub fn deploy(
         .map(|c| (c.len() as u64).div_ceil(MIB).max(1))
         .unwrap_or(0);
     let parts = plan(info, mode, gpt, cd_mb);
-    // O_EXCL: the kernel refuses if the disk or one of its partitions is mounted or held.
-    let disk = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_EXCL)
-        .open(device)
-        .map_err(|e| {
-            AgentError::DeviceNotFound(format!("Cannot open {}: {e}", device.display()))
-        })?;
+    let disk = open_exclusive(device).map_err(|e| {
+        AgentError::DeviceNotFound(format!("Cannot open {}: {e}", device.display()))
+    })?;
     let end = parts.last().map(|p| p.start + p.size).unwrap_or(0);
     let disk_len = std::io::Seek::seek(&mut &disk, std::io::SeekFrom::End(0)).unwrap_or(0);
     if end + MIB > disk_len {
@@ -396,7 +309,7 @@ pub fn deploy(
     let partuuids = if info.preserve_ephemeral {
         // Nothing is repartitioned: the existing table must be the one this request implies,
         // or the root image would land beside the partition the table describes.
-        let existing = crate::disk::layout::read_table(&disk)
+        let existing = partitions::read_table(&disk)
             .ok()
             .flatten()
             .map(|t| t.parts)
@@ -416,14 +329,15 @@ pub fn deploy(
         }
         existing.into_iter().map(|e| e.uuid).collect()
     } else {
-        write_table(&disk, &parts, gpt, mode).map_err(|e| {
+        let table: Vec<NewPart> = parts.iter().map(|p| p.new_part(mode)).collect();
+        partitions::create::write_new_table(&disk, &table, gpt).map_err(|e| {
             AgentError::Deployment(format!(
                 "Disk partitioning failed on device {}. Error: {e}",
                 device.display()
             ))
         })?
     };
-    reread_partitions(&disk, device);
+    partitions::tell_kernel(&disk, device);
     drop(disk);
 
     let find = |role: &str| parts.iter().find(|p| p.role == role);
@@ -436,7 +350,7 @@ pub fn deploy(
             partition_path(device, root_p.number).display()
         ))
     })?;
-    pipeline::write_image(info, &root_dev.path, cfg, opts, progress)?;
+    pipeline::write_image_to_path(info, &root_dev.path, cfg, opts, progress)?;
 
     let mut efi_uuid = None;
     for p in &parts {
@@ -461,7 +375,8 @@ pub fn deploy(
                     vec!["-I".into(), "-n".into(), "efi-part".into()],
                     "mkfs.vfat",
                 )?;
-                let d = PartDev::open(device, p).map_err(AgentError::Deployment)?;
+                let d =
+                    PartDev::open(device, p).map_err(|e| AgentError::Deployment(e.to_string()))?;
                 efi_uuid = blkid(&d.path, "UUID");
             }
             "swap" => mk(vec!["-L".into(), "swap1".into()], "mkswap")?,

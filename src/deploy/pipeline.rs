@@ -16,13 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::decode::{DecodeError, Decoder, FormatPolicy, WritePath};
 use crate::disk::device::Target;
-use crate::disk::table::{self, GptFix};
+use crate::disk::partitions::{self, GptFix};
 use crate::disk::writer::DiskWriter;
 use crate::errors::{AgentError, Result};
 use crate::image::checksum::{self, Algorithm, Expected};
@@ -58,27 +57,6 @@ impl Default for DeployOptions {
     }
 }
 
-/// What a successful deploy did.
-#[derive(Debug, Clone)]
-pub struct Deployed {
-    /// The target written.
-    pub device: PathBuf,
-    /// The URL the image came from.
-    pub url: String,
-    /// Image size in bytes.
-    pub bytes: u64,
-    /// The algorithm used for verification.
-    pub algo: Algorithm,
-    /// The verified digest.
-    pub digest: String,
-    /// What happened to the backup GPT.
-    pub gpt: GptFix,
-    /// How the image reached the disk.
-    pub path: WritePath,
-    /// Wall time of the whole deploy.
-    pub elapsed: Duration,
-}
-
 enum Msg {
     Data(Bytes),
     /// The server announced the length of the download.
@@ -106,56 +84,69 @@ pub fn probe_virtual_size(info: &ImageInfo, cfg: &FetchConfig) -> Result<Option<
     Ok(total.filter(|_| raw))
 }
 
-/// What one pass produced.
-pub(super) struct Written {
-    pub(super) url: String,
-    pub(super) bytes: u64,
-    pub(super) digest: String,
-    pub(super) gpt: GptFix,
-    pub(super) path: WritePath,
+/// What writing the image produced.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The URL the image came from.
+    pub url: String,
+    /// Image size in bytes, as on the disk.
+    pub bytes: u64,
+    /// The algorithm of the digest.
+    pub algo: Algorithm,
+    /// The verified digest.
+    pub digest: String,
+    /// What happened to the backup GPT.
+    pub gpt: GptFix,
+    /// How the image reached the disk.
+    pub path: WritePath,
 }
 
-/// Downloads `info`'s image, verifies it and writes it onto `device` (raw as it is, qcow2
-/// converted on the fly, other formats through the temp-file path).
+/// Downloads `info`'s image, verifies it and writes it onto `target` (raw as it is, qcow2
+/// converted on the fly, other formats through the temp-file path). On failure the disk may
+/// hold part of an image: the caller's [`crate::disk::device::WipeOnFailure`] clears it.
 pub fn write_image(
     info: &ImageInfo,
-    device: &Path,
+    target: &Arc<Target>,
     cfg: &FetchConfig,
     opts: &DeployOptions,
     progress: Arc<Progress>,
-) -> Result<Deployed> {
-    let started = Instant::now();
+) -> Result<Written> {
     let mut dl = ImageDownload::new(info, cfg, progress)?;
     let expected = checksum::resolve(info, cfg.md5_enabled, &mut |u| dl.fetch_text(u))?;
     tracing::info!(image = %info.id, algo = %expected.algo, "expecting digest {}", expected.hex);
-    let target =
-        Arc::new(Target::open(device, opts.direct_io).map_err(|e| write_error(info, device, &e))?);
     // A checksum mismatch is retried like IPA's outer loop does, sharing the same budget.
     let mut attempt = 0;
     loop {
-        match run_once(&mut dl, info, &target, &expected, opts) {
+        match run_once(&mut dl, info, target, &expected, opts) {
             Err(e @ AgentError::ImageChecksum { .. }) if attempt < cfg.retries => {
                 attempt += 1;
                 tracing::warn!("{e}; downloading again ({attempt}/{})", cfg.retries);
                 std::thread::sleep(cfg.retry_interval);
             }
-            Err(e) => return Err(e),
-            Ok(w) => {
-                return Ok(Deployed {
-                    device: device.to_owned(),
-                    url: w.url,
-                    bytes: w.bytes,
-                    algo: expected.algo,
-                    digest: w.digest,
-                    gpt: w.gpt,
-                    path: w.path,
-                    elapsed: started.elapsed(),
-                })
-            }
+            other => return other,
         }
     }
 }
 
+/// Opens `device` and writes the image there, wiping its tables if anything fails after the
+/// first write (for targets that are not a whole disk of a larger deploy, e.g. a partition).
+pub fn write_image_to_path(
+    info: &ImageInfo,
+    device: &Path,
+    cfg: &FetchConfig,
+    opts: &DeployOptions,
+    progress: Arc<Progress>,
+) -> Result<Written> {
+    let target =
+        Arc::new(Target::open(device, opts.direct_io).map_err(|e| write_error(info, device, &e))?);
+    let guard = target.wipe_on_failure();
+    let w = write_image(info, &target, cfg, opts, progress)?;
+    guard.disarm();
+    Ok(w)
+}
+
+/// One attempt, top to bottom: spawn the stages, download into them, join them, settle who
+/// failed, verify the digest, commit the held-back head, finish the disk.
 fn run_once(
     dl: &mut ImageDownload,
     info: &ImageInfo,
@@ -167,106 +158,39 @@ fn run_once(
         // Decided before the first byte: no streaming attempt to throw away.
         return super::tempfile_path::deploy(dl, info, target, expected, opts, None);
     }
-    let progress = Arc::clone(dl.progress());
-    let (hash_tx, hash_rx) = mpsc::sync_channel(QUEUE);
-    let (write_tx, write_rx) = mpsc::sync_channel(QUEUE);
-    let hasher = spawn("rivet-hash", {
-        let algo = expected.algo;
-        move || hash_loop(algo, hash_rx)
-    })
-    .map_err(|e| write_error(info, target.path(), &e))?;
-    let writer = DiskWriter::new(Arc::clone(target), Arc::clone(&progress))
-        .map_err(|e| write_error(info, target.path(), &e))?;
-    let decoder = Decoder::new(
-        writer,
-        opts.policy.clone(),
-        target.capacity(),
-        target.path().display().to_string(),
-        info.id.clone(),
-    );
-    let writer = spawn("rivet-decode", move || write_loop(decoder, write_rx))
-        .map_err(|e| write_error(info, target.path(), &e))?;
-    // Content-Length can be held against the device only when the bytes are the disk.
-    let declared_raw = matches!(opts.policy.disk_format.as_deref(), Some("raw" | "gpt"));
-
-    let mut sink = FanOut {
-        hash: hash_tx,
-        write: write_tx,
-        capacity: target.capacity().filter(|_| declared_raw),
-        device: target.path().display().to_string(),
-        image_id: info.id.clone(),
-        received: 0,
-        consumer_gone: false,
-    };
-    let downloaded = dl.run(&mut sink);
-    let consumer_gone = sink.consumer_gone;
-    drop(sink);
-    // Join both before deciding anything: no stage may outlive the attempt.
-    let digest = hasher.join();
-    let written = writer.join();
-
-    // Only a disk that was written to needs wiping: a refusal before the first write loses
-    // nothing. `touched` is set by the I/O thread itself, whatever the counters say.
-    let fail = |e: AgentError| {
-        if target.touched() {
-            tracing::warn!("wiping the partition tables of {}", target.path().display());
-            if let Err(w) = target.wipe_tables() {
-                tracing::error!("could not wipe {}: {w}", target.path().display());
-            }
-        }
-        Err(e)
-    };
-    let (digest, written) = match (digest, written) {
-        (Ok(d), Ok(w)) => (d, w),
-        (Err(_), _) => return fail(panicked(info, "hash")),
-        (_, Err(_)) => return fail(panicked(info, "write")),
-    };
-    let decode_failure = |e: DecodeError| match e {
-        DecodeError::Refused(e) => Err(e),
-        DecodeError::Io(io) => Err(write_error(info, target.path(), &io)),
-        DecodeError::Fallback { format, why } => Ok((format, why)),
-    };
-    let fallback = |dl: &mut ImageDownload, format, why: String| {
-        tracing::warn!("{why}: falling back to the temp-file path");
-        super::tempfile_path::deploy(dl, info, target, expected, opts, Some(format)).or_else(fail)
-    };
+    let stages = Stages::spawn(info, target, expected, opts, Arc::clone(dl.progress()))?;
+    let (downloaded, joined) = stages.run(dl);
+    let digest = joined.digest.map_err(|_| panicked(info, "hash"))?;
+    let written = joined.written.map_err(|_| panicked(info, "write"))?;
     let (url, writer, path) = match (downloaded, written) {
-        (Err(_), Err(e)) if consumer_gone => match decode_failure(e) {
-            Err(e) => return fail(e),
-            Ok((format, why)) => return fallback(dl, format, why),
-        },
-        (Err(e), _) => return fail(e),
-        (Ok(_), Err(e)) => match decode_failure(e) {
-            Err(e) => return fail(e),
-            Ok((format, why)) => return fallback(dl, format, why),
-        },
         (Ok(url), Ok((w, path))) => (url, w, path),
+        // The writer stopped first (a refusal, an I/O error, or an image that cannot stream)
+        // and the download then failed only because nobody took its bytes: the writer's
+        // error is the cause, the download's a symptom.
+        (Err(_), Err(e)) if joined.consumer_gone => {
+            return settle(dl, info, target, expected, opts, e)
+        }
+        (Ok(_), Err(e)) => return settle(dl, info, target, expected, opts, e),
+        // The download failed on its own (network, size, timeout): that is the cause.
+        (Err(e), _) => return Err(e),
     };
     if !expected.matches(&digest) {
-        drop(writer);
-        return fail(checksum_error(info, target.path(), &digest, expected));
+        return Err(checksum_error(info, target.path(), &digest, expected));
     }
-    let bytes = match writer.commit() {
-        Ok(b) => b,
-        Err(e) => return fail(write_error(info, target.path(), &e)),
-    };
+    let bytes = writer
+        .commit()
+        .map_err(|e| write_error(info, target.path(), &e))?;
     // Only raw bytes can be compared with the download's digest.
     if opts.verify_readback && path == WritePath::Raw {
         let again = readback_digest(target, bytes, expected.algo)
-            .map_err(|e| write_error(info, target.path(), &e));
-        match again {
-            Ok(d) if expected.matches(&d) => tracing::info!("read-back digest matches"),
-            Ok(d) => {
-                let loc = format!("{} (read back)", target.path().display());
-                return fail(checksum_error(info, Path::new(&loc), &d, expected));
-            }
-            Err(e) => return fail(e),
+            .map_err(|e| write_error(info, target.path(), &e))?;
+        if !expected.matches(&again) {
+            let loc = format!("{} (read back)", target.path().display());
+            return Err(checksum_error(info, Path::new(&loc), &again, expected));
         }
+        tracing::info!("read-back digest matches");
     }
-    let gpt = match finish_disk(target, bytes) {
-        Ok(g) => g,
-        Err(e) => return fail(write_error(info, target.path(), &e)),
-    };
+    let gpt = finish_disk(target, bytes).map_err(|e| write_error(info, target.path(), &e))?;
     tracing::info!(
         image = %info.id, device = %target.path().display(), bytes, digest = %digest,
         ?gpt, ?path, "image written and verified"
@@ -274,10 +198,102 @@ fn run_once(
     Ok(Written {
         url,
         bytes,
+        algo: expected.algo,
         digest,
         gpt,
         path,
     })
+}
+
+/// What the decode stage's failure means: a refusal or an I/O error ends the attempt; an
+/// image that cannot stream goes through the temp-file path instead.
+fn settle(
+    dl: &mut ImageDownload,
+    info: &ImageInfo,
+    target: &Arc<Target>,
+    expected: &Expected,
+    opts: &DeployOptions,
+    e: DecodeError,
+) -> Result<Written> {
+    match e {
+        DecodeError::Refused(e) => Err(e),
+        DecodeError::Io(io) => Err(write_error(info, target.path(), &io)),
+        DecodeError::Fallback { format, why } => {
+            tracing::warn!("{why}: falling back to the temp-file path");
+            super::tempfile_path::deploy(dl, info, target, expected, opts, Some(format))
+        }
+    }
+}
+
+/// The hash and decode threads of one attempt, fed by the download through a [`FanOut`].
+struct Stages {
+    sink: FanOut,
+    hasher: JoinHandle<String>,
+    writer: JoinHandle<std::result::Result<(DiskWriter, WritePath), DecodeError>>,
+}
+
+/// The stages' results, once both threads are joined.
+struct Joined {
+    digest: std::thread::Result<String>,
+    written: std::thread::Result<std::result::Result<(DiskWriter, WritePath), DecodeError>>,
+    /// The download stopped because a consumer went away.
+    consumer_gone: bool,
+}
+
+impl Stages {
+    fn spawn(
+        info: &ImageInfo,
+        target: &Arc<Target>,
+        expected: &Expected,
+        opts: &DeployOptions,
+        progress: Arc<Progress>,
+    ) -> Result<Stages> {
+        let io_err = |e: std::io::Error| write_error(info, target.path(), &e);
+        let (hash_tx, hash_rx) = mpsc::sync_channel(QUEUE);
+        let (write_tx, write_rx) = mpsc::sync_channel(QUEUE);
+        let algo = expected.algo;
+        let hasher = spawn("rivet-hash", move || hash_loop(algo, hash_rx)).map_err(io_err)?;
+        let writer = DiskWriter::new(Arc::clone(target), progress).map_err(io_err)?;
+        let decoder = Decoder::new(
+            writer,
+            opts.policy.clone(),
+            target.capacity(),
+            target.path().display().to_string(),
+            info.id.clone(),
+        );
+        let writer =
+            spawn("rivet-decode", move || write_loop(decoder, write_rx)).map_err(io_err)?;
+        // Content-Length can be held against the device only when the bytes are the disk.
+        let declared_raw = matches!(opts.policy.disk_format.as_deref(), Some("raw" | "gpt"));
+        let sink = FanOut {
+            hash: hash_tx,
+            write: write_tx,
+            capacity: target.capacity().filter(|_| declared_raw),
+            device: target.path().display().to_string(),
+            image_id: info.id.clone(),
+            received: 0,
+            consumer_gone: false,
+        };
+        Ok(Stages {
+            sink,
+            hasher,
+            writer,
+        })
+    }
+
+    /// Downloads into the stages, then joins both before anything is decided: no stage may
+    /// outlive the attempt.
+    fn run(mut self, dl: &mut ImageDownload) -> (Result<String>, Joined) {
+        let downloaded = dl.run(&mut self.sink);
+        let consumer_gone = self.sink.consumer_gone;
+        drop(self.sink); // closes both queues: the threads drain and end
+        let joined = Joined {
+            digest: self.hasher.join(),
+            written: self.writer.join(),
+            consumer_gone,
+        };
+        (downloaded, joined)
+    }
 }
 
 /// After an image of `bytes` bytes landed: clear a stale backup GPT beyond it, move the
@@ -286,7 +302,7 @@ pub(super) fn finish_disk(target: &Target, bytes: u64) -> std::io::Result<GptFix
     target.clear_stale_tail(bytes)?;
     let gpt = if target.capacity().is_some_and(|c| c > bytes) {
         // IPA swallows GPT fix failures on this path; so do we, loudly.
-        table::relocate_backup_gpt(target.file()).unwrap_or_else(|e| {
+        partitions::relocate_backup_gpt(target.file()).unwrap_or_else(|e| {
             tracing::warn!("could not move the backup GPT to the end of the disk: {e}");
             GptFix::NoGpt
         })

@@ -3,7 +3,7 @@
 //! whatever happens. Used for formats that cannot stream and qcow2 layouts that need random
 //! access; the disk is not touched before the digest matched and the inspector passed.
 
-use std::io::{Read, Seek, Write};
+use std::io::{Seek, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use crate::errors::{AgentError, Result};
 use crate::image::checksum::{Expected, Hasher};
 use crate::image::fetch::{ImageDownload, Sink};
 use crate::image::format::convert;
-use crate::image::format::inspect::{self, Format, INSPECT_LEN};
+use crate::image::format::inspect::{self, Format, INSPECT_LEN, TAIL_LEN};
 use crate::image::info::ImageInfo;
 
 use super::pipeline::DeployOptions;
@@ -57,6 +57,22 @@ impl Sink for FileSink<'_> {
         self.file.set_len(0).map_err(|e| self.io(e))?;
         self.file.rewind().map_err(|e| self.io(e))
     }
+}
+
+/// The first [`INSPECT_LEN`] and the last [`TAIL_LEN`] bytes of the file (fewer if shorter).
+fn head_and_tail(path: &Path) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let read = |at: u64, n: u64| -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; n as usize];
+        f.read_exact_at(&mut buf, at)?;
+        Ok(buf)
+    };
+    let head = read(0, len.min(INSPECT_LEN as u64))?;
+    let tail_len = len.min(TAIL_LEN as u64);
+    let tail = read(len - tail_len, tail_len)?;
+    Ok((head, tail))
 }
 
 /// Deploys `info` through a temporary copy. `hint` is the format the stream showed, if a
@@ -101,21 +117,14 @@ pub(super) fn deploy(
     if !expected.matches(&digest) {
         return Err(checksum_error(info, &path, &digest, expected));
     }
-    let mut head = vec![0u8; INSPECT_LEN];
-    let mut f = std::fs::File::open(&path).map_err(|e| write_error(info, &path, &e))?;
-    let mut n = 0;
-    while n < head.len() {
-        match f
-            .read(&mut head[n..])
-            .map_err(|e| write_error(info, &path, &e))?
-        {
-            0 => break,
-            k => n += k,
-        }
-    }
-    head.truncate(n);
+    let (head, tail) = head_and_tail(&path).map_err(|e| write_error(info, &path, &e))?;
     let p = &opts.policy;
     let found = inspect::check(&head, p.disk_format.as_deref(), &p.permitted, p.deep)?;
+    // What only the end of the file can tell (a VMDK footer qemu-img would prefer over the
+    // header just checked), before qemu-img sees the file.
+    if p.deep {
+        inspect::check_tail(&head, &tail)?;
+    }
     let format = match found.format {
         Format::Gpt => Format::Raw, // qemu-img has no "gpt" driver: a GPT disk is raw
         f => f,
@@ -136,25 +145,16 @@ pub(super) fn deploy(
             ),
         ));
     }
-    let fail = |e: AgentError| {
-        if let Err(w) = target.wipe_tables() {
-            tracing::error!("could not wipe {}: {w}", target.path().display());
-        }
-        Err(e)
-    };
-    if let Err(e) = convert::qemu_img_convert(&path, qemu_format, target.path(), target.is_block())
-    {
-        return fail(e);
-    }
-    let gpt = match finish_disk(target, size) {
-        Ok(g) => g,
-        Err(e) => return fail(write_error(info, target.path(), &e)),
-    };
+    // qemu-img writes behind the target's back: from here on the disk counts as written.
+    target.mark_touched();
+    convert::qemu_img_convert(&path, qemu_format, target.path(), target.is_block())?;
+    let gpt = finish_disk(target, size).map_err(|e| write_error(info, target.path(), &e))?;
     tracing::info!(image = %info.id, bytes = size, "image converted by qemu-img and written");
     drop(tmp); // removes the copy
     Ok(Written {
         url,
         bytes: size,
+        algo: expected.algo,
         digest,
         gpt,
         path: WritePath::TempFile,

@@ -9,11 +9,53 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Bytes at the start and at the end of a disk that hold partition tables (MBR, GPT and its
 /// backup) and boot code: wiped on failure, held back until the image is verified.
 pub const TABLE_AREA: u64 = 1 << 20;
+
+/// Opens a whole disk read-write with `O_EXCL`: the kernel refuses while the disk or one of
+/// its partitions is mounted or held. The one place rivet claims a disk.
+pub fn open_exclusive(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| annotate(e, path, "cannot open the device exclusively"))
+}
+
+/// Wipes the target's partition-table areas when dropped, unless [`WipeOnFailure::disarm`]
+/// was called: armed by the first write to the target (its `touched` flag), disarmed by the
+/// caller once the whole deploy finished. Every error exit, early returns and panics included,
+/// leaves a disk that cannot boot a half-written image; a refusal before the first write
+/// loses nothing.
+pub struct WipeOnFailure<'a> {
+    target: &'a Target,
+    finished: bool,
+}
+
+impl WipeOnFailure<'_> {
+    /// The deploy finished: keep what was written.
+    pub fn disarm(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for WipeOnFailure<'_> {
+    fn drop(&mut self) {
+        if self.finished || !self.target.touched() {
+            return;
+        }
+        tracing::warn!(
+            "wiping the partition tables of {}",
+            self.target.path().display()
+        );
+        if let Err(e) = self.target.wipe_tables() {
+            tracing::error!("could not wipe {}: {e}", self.target.path().display());
+        }
+    }
+}
 
 /// An opened install target.
 #[derive(Debug)]
@@ -39,12 +81,7 @@ impl Target {
             .map(|m| m.file_type().is_block_device())
             .unwrap_or(false);
         if block {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
-                .open(path)
-                .map_err(|e| annotate(e, path, "cannot open the device exclusively"))?;
+            let mut file = open_exclusive(path)?;
             let capacity = file.seek(SeekFrom::End(0))?;
             let sector_size = rustix::fs::ioctl_blksszget(&file)
                 .map(u64::from)
@@ -130,6 +167,14 @@ impl Target {
     /// The `O_DIRECT` descriptor, when there is one.
     pub fn direct(&self) -> Option<&File> {
         self.direct.as_ref()
+    }
+
+    /// A guard that wipes the tables if the deploy does not finish (see [`WipeOnFailure`]).
+    pub fn wipe_on_failure(&self) -> WipeOnFailure<'_> {
+        WipeOnFailure {
+            target: self,
+            finished: false,
+        }
     }
 
     /// Records that the disk has been written to.
@@ -226,40 +271,13 @@ impl Target {
         self.file.sync_data()
     }
 
-    /// Asks the kernel to re-read the partition table (BLKRRPART), retrying while busy, then
-    /// waits for udev when it runs. Failures are logged: the image is already written.
+    /// Makes the kernel's partition list equal the table now on the disk (BLKRRPART, else
+    /// BLKPG, as partprobe). Failures are logged: what was written stays written.
     pub fn rescan(&self) {
         if self.block {
-            reread_partitions(&self.file, &self.path);
+            crate::disk::partitions::tell_kernel(&self.file, &self.path);
         }
     }
-}
-
-/// Asks the kernel to re-read a disk's partition table (BLKRRPART), retrying while busy, then
-/// waits for udev when it runs. Failures are logged only: what was written stays written.
-pub fn reread_partitions(file: &File, path: &Path) {
-    // BLKRRPART = _IO(0x12, 95)
-    const BLKRRPART: libc::c_ulong = 0x125f;
-    use std::os::fd::AsRawFd;
-    for attempt in 0..20 {
-        // SAFETY: BLKRRPART takes no argument; the descriptor is open for the whole call.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART as _, 0) };
-        if rc == 0 {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EBUSY) && attempt < 19 {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        // EINVAL/ENOTTY: no partition scanning here (a loop device without -P, a file).
-        tracing::debug!(
-            "re-reading the partition table of {}: {err}",
-            path.display()
-        );
-        break;
-    }
-    udev_settle();
 }
 
 /// Runs `udevadm settle` when udev is running; quietly does nothing otherwise.

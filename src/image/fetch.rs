@@ -47,9 +47,9 @@ pub struct FetchConfig {
     /// `keyfile`: client key (PEM), used with `certfile`.
     pub keyfile: Option<PathBuf>,
     /// `tls_min_version`: `"1.2"` (default) or `"1.3"`.
-    pub tls_min_version: String,
+    pub tls_min_version: crate::config::TlsVersion,
     /// Config-level `image_server_auth_strategy` (`noauth` or `http_basic`).
-    pub auth_strategy: String,
+    pub auth_strategy: crate::config::AuthStrategy,
     /// Config-level `image_server_user`.
     pub auth_user: Option<String>,
     /// Config-level `image_server_password`.
@@ -69,8 +69,8 @@ impl Default for FetchConfig {
             cafile: None,
             certfile: None,
             keyfile: None,
-            tls_min_version: "1.2".into(),
-            auth_strategy: "noauth".into(),
+            tls_min_version: crate::config::TlsVersion::V12,
+            auth_strategy: crate::config::AuthStrategy::Noauth,
             auth_user: None,
             auth_password: None,
             md5_enabled: false,

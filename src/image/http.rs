@@ -44,7 +44,7 @@ pub(crate) fn auth_header(info: &ImageInfo, cfg: &FetchConfig) -> Result<Option<
     }
     let (user, password) = if info.image_server_auth_strategy.as_deref() == Some("http_basic") {
         (&info.image_server_user, &info.image_server_password)
-    } else if cfg.auth_strategy == "http_basic" {
+    } else if cfg.auth_strategy == crate::config::AuthStrategy::HttpBasic {
         (&cfg.auth_user, &cfg.auth_password)
     } else {
         return Ok(None);
@@ -87,7 +87,7 @@ pub fn build_client(
     let mut b = reqwest::Client::builder()
         .connect_timeout(cfg.connection_timeout)
         .tcp_nodelay(true)
-        .tls_version_min(if cfg.tls_min_version == "1.3" {
+        .tls_version_min(if cfg.tls_min_version == crate::config::TlsVersion::V13 {
             reqwest::tls::Version::TLS_1_3
         } else {
             reqwest::tls::Version::TLS_1_2

@@ -5,6 +5,8 @@
 //! will not do.
 #![allow(dead_code)]
 
+pub mod esp;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -374,6 +376,13 @@ impl LoopDev {
 
 impl Drop for LoopDev {
     fn drop(&mut self) {
+        // Partitions added with BLKPG outlive the detach of a loop device without partition
+        // scanning: remove them first, or the next user of this loop number sees them.
+        let _ = Command::new("partx")
+            .arg("-d")
+            .arg(&self.dev)
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
     }
 }
@@ -415,9 +424,38 @@ impl AgentProc {
         Self::spawn(dir, free_port(), args, env)
     }
 
+    /// `rivet serve` for tests that erase: `--block-devices` names only `devices`, and the
+    /// agent runs in a private mount namespace whose `/dev` holds only their nodes
+    /// ([`PrivateDev`]), so no bug can reach another disk.
+    pub fn start_private(dir: &Path, devices: &[&Path], args: &[&str]) -> AgentProc {
+        let list: Vec<String> = devices.iter().map(|d| d.display().to_string()).collect();
+        let mut all = vec!["--block-devices".to_string(), list.join(",")];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let program = Path::new(env!("CARGO_BIN_EXE_rivet"));
+        Self::spawn_with(
+            PrivateDev::command(devices, program),
+            dir,
+            free_port(),
+            &all,
+            &[],
+        )
+    }
+
     fn spawn(dir: &Path, port: u16, args: &[&str], env: &[(String, String)]) -> AgentProc {
+        let c = Command::new(env!("CARGO_BIN_EXE_rivet"));
+        Self::spawn_with(c, dir, port, args, env)
+    }
+
+    fn spawn_with(
+        mut cmd: Command,
+        dir: &Path,
+        port: u16,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> AgentProc {
         let log = dir.join(format!("agent-{port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_rivet"))
+        let child = cmd
             .args([
                 "serve",
                 "--listen",
@@ -506,4 +544,121 @@ pub fn self_signed_files(dir: &Path) -> (PathBuf, PathBuf, String) {
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
     (c, k, cert.pem())
+}
+
+/// True when running as root, for tests that need it for something other than loop devices
+/// (`why`, e.g. network namespaces). Skips with a reason elsewhere; in CI not being root fails.
+pub fn root_available(test: &str, why: &str) -> bool {
+    if rustix_is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: CI must run as root for {why}");
+    }
+    eprintln!("SKIPPED {test}: needs root for {why}");
+    false
+}
+
+impl LoopDev {
+    /// A loop device over a sparse file of `size` bytes, with extra `losetup` arguments
+    /// (`--sector-size 4096`, `-r`, ...).
+    pub fn sparse(dir: &Path, name: &str, size: u64, losetup_args: &[&str]) -> LoopDev {
+        let backing = dir.join(name);
+        std::fs::File::create(&backing)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .args(losetup_args)
+            .arg(&backing)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        LoopDev { dev, backing }
+    }
+}
+
+/// Runs commands in a private mount namespace whose `/dev` holds only the given block
+/// devices (same major:minor, same names) plus null, zero and urandom: whatever a command
+/// run there does, it can reach no other disk by name. For the tests that erase.
+pub struct PrivateDev;
+
+impl PrivateDev {
+    /// A command that runs `program` there (arguments are appended by the caller).
+    pub fn command(devices: &[&Path], program: &Path) -> Command {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let mut script = String::from(
+            "set -e\nmount -t tmpfs -o mode=0755,size=64k rivet-test-dev /dev\n\
+             mknod -m 666 /dev/null c 1 3\nmknod -m 666 /dev/zero c 1 5\n\
+             mknod -m 666 /dev/urandom c 1 9\n",
+        );
+        for d in devices {
+            let m = std::fs::metadata(d).unwrap();
+            assert!(
+                m.file_type().is_block_device(),
+                "{} is not a block device",
+                d.display()
+            );
+            let name = d.file_name().unwrap().to_string_lossy();
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric()),
+                "odd device name {name}"
+            );
+            script.push_str(&format!(
+                "mknod -m 600 /dev/{name} b {} {}\n",
+                libc::major(m.rdev()),
+                libc::minor(m.rdev())
+            ));
+        }
+        script.push_str("exec \"$@\"\n");
+        let mut c = Command::new("unshare");
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(program);
+        c
+    }
+
+    /// Runs `program args` there and returns its output.
+    pub fn run(devices: &[&Path], program: &Path, args: &[&str]) -> std::process::Output {
+        Self::command(devices, program).args(args).output().unwrap()
+    }
+}
+
+/// The path of example `name`, built once per test binary (same profile and target
+/// directory as the tests).
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    // <target>/<profile>/deps/<test binary>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let path = profile_dir.join("examples").join(name);
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().unwrap();
+        assert!(st.success(), "cargo build --example {name} failed");
+        built.push(name.to_string());
+    }
+    path
 }

@@ -29,7 +29,7 @@ fn basic_auth_from_info_then_config() {
     let h = auth_header(&i, &FetchConfig::default()).unwrap().unwrap();
     assert_eq!(h, "Basic dTpw");
     let cfg = FetchConfig {
-        auth_strategy: "http_basic".into(),
+        auth_strategy: crate::config::AuthStrategy::HttpBasic,
         auth_user: Some("u".into()),
         auth_password: Some("p".into()),
         ..Default::default()

@@ -41,20 +41,16 @@ pub fn qemu_img_convert(
         } else {
             Command::new("qemu-img")
         };
-        cmd.args(&args)
-            .env("MALLOC_ARENA_MAX", "3")
-            .env("LC_ALL", "C");
+        cmd.args(&args);
         tracing::info!(attempt, "running qemu-img {}", args.join(" "));
-        let out = cmd.output().map_err(|e| {
-            AgentError::image_write(dst, -1, "", &format!("cannot run qemu-img: {e}"))
-        })?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let err = AgentError::image_write_output(dst, &out);
-        let memory = stderr.contains("Resource temporarily unavailable")
-            || stderr.contains("Cannot allocate memory");
+        cmd.env("MALLOC_ARENA_MAX", "3");
+        let failure = match crate::external::run_command(&mut cmd, "qemu-img") {
+            Ok(_) => return Ok(()),
+            Err(f) => f,
+        };
+        let err = failure.image_write(dst);
+        let memory = failure.stderr.contains("Resource temporarily unavailable")
+            || failure.stderr.contains("Cannot allocate memory");
         if !memory || attempt == ATTEMPTS {
             return Err(err);
         }

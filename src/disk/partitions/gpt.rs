@@ -1,7 +1,7 @@
-//! Partition tables, natively (gptman), where IPA shells out to `sgdisk`/`parted`/`hexdump`.
+//! The backup GPT moved to the end of a disk larger than the image (what `sgdisk -e` does).
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 
 /// What [`relocate_backup_gpt`] found and did.
@@ -54,25 +54,10 @@ pub fn relocate_backup_gpt(file: &File) -> io::Result<GptFix> {
     Ok(GptFix::Moved)
 }
 
-/// The MBR disk signature (bytes 440–443, little-endian) as IPA reports a whole-disk image's
-/// `root uuid`: `0x%08x`, as `hexdump -s 440 -n 4 -e '"0x%08x"'` prints it.
-pub fn mbr_disk_signature(file: &File) -> io::Result<String> {
-    let mut b = [0u8; 4];
-    file.read_exact_at(&mut b, 440)?;
-    Ok(format!("0x{:08x}", u32::from_le_bytes(b)))
-}
-
-/// Reads the whole first sector (for tests and diagnostics).
-pub fn read_sector0(file: &mut File) -> io::Result<[u8; 512]> {
-    let mut b = [0u8; 512];
-    file.seek(SeekFrom::Start(0))?;
-    file.read_exact(&mut b)?;
-    Ok(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::partitions::{mbr_signature, read_sector0};
 
     fn gpt_image(path: &std::path::Path, len: u64) {
         let mut f = std::fs::OpenOptions::new()
@@ -133,6 +118,6 @@ mod tests {
             .open(&p)
             .unwrap();
         assert_eq!(relocate_backup_gpt(&f).unwrap(), GptFix::NoGpt);
-        assert_eq!(mbr_disk_signature(&f).unwrap(), "0x1a2b3c4d");
+        assert_eq!(mbr_signature(&f).unwrap(), "0x1a2b3c4d");
     }
 }

@@ -1,103 +1,9 @@
-//! Reading a disk's partitions, and adding the config drive's, natively (gptman/mbrman) where
-//! IPA runs sgdisk/parted. Everything is by byte offset on the whole disk: no partition
-//! device nodes are needed (this machine's kernel makes none; real ramdisks do).
+//! Adding a partition at the end of a disk's free space (the config drive's).
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 
-/// Which partition table a disk has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableKind {
-    /// GUID partition table.
-    Gpt,
-    /// DOS/MBR table.
-    Mbr,
-}
-
-/// One partition, in bytes from the start of the disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Part {
-    /// Partition number (1-based).
-    pub number: u32,
-    /// First byte.
-    pub start: u64,
-    /// Length in bytes.
-    pub size: u64,
-    /// GPT unique partition GUID (lowercase, dashed), when GPT.
-    pub uuid: Option<String>,
-}
-
-/// The partitions of a disk, with its table kind and logical sector size.
-#[derive(Debug, Clone)]
-pub struct Table {
-    /// GPT or MBR.
-    pub kind: TableKind,
-    /// Logical sector size the table uses.
-    pub sector: u64,
-    /// Used entries, by number.
-    pub parts: Vec<Part>,
-}
-
-/// Formats a GUID stored as gptman keeps it (mixed-endian, as on disk).
-pub fn guid_string(g: &[u8; 16]) -> String {
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        g[3], g[2], g[1], g[0], g[5], g[4], g[7], g[6], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]
-    )
-}
-
-/// A UUID as gptman stores a GUID (mixed-endian, as on disk).
-pub fn uuid_to_guid(u: &uuid::Uuid) -> [u8; 16] {
-    let b = u.as_bytes();
-    [
-        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
-        b[14], b[15],
-    ]
-}
-
-/// Reads the partition table, if any.
-pub fn read_table(file: &File) -> io::Result<Option<Table>> {
-    let mut f = file;
-    if let Ok(gpt) = gptman::GPT::find_from(&mut f) {
-        let ss = gpt.sector_size;
-        let parts = gpt
-            .iter()
-            .filter(|(_, p)| p.is_used())
-            .map(|(n, p)| Part {
-                number: n,
-                start: p.starting_lba * ss,
-                size: (p.ending_lba + 1 - p.starting_lba) * ss,
-                uuid: Some(guid_string(&p.unique_partition_guid)),
-            })
-            .collect();
-        return Ok(Some(Table {
-            kind: TableKind::Gpt,
-            sector: ss,
-            parts,
-        }));
-    }
-    f.seek(SeekFrom::Start(0))?;
-    match mbrman::MBR::read_from(&mut f, 512) {
-        Ok(mbr) => {
-            let parts = mbr
-                .iter()
-                .filter(|(_, p)| p.is_used())
-                .map(|(n, p)| Part {
-                    number: n as u32,
-                    start: u64::from(p.starting_lba) * 512,
-                    size: u64::from(p.sectors) * 512,
-                    uuid: None,
-                })
-                .collect();
-            Ok(Some(Table {
-                kind: TableKind::Mbr,
-                sector: 512,
-                parts,
-            }))
-        }
-        Err(_) => Ok(None),
-    }
-}
+use super::{read_table, uuid_to_guid, Part, TableKind};
 
 /// Why a config drive partition could not be made (the caller words it as IPA does).
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +137,7 @@ pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::partitions::guid_string;
 
     fn disk(len: u64) -> (tempfile::NamedTempFile, File) {
         let t = tempfile::NamedTempFile::new().unwrap();

@@ -1,0 +1,212 @@
+//! The partitions an erase must reach: those in the on-disk table (gptman/mbrman, any
+//! logical sector size, MBR logical partitions included) and those the kernel has (sysfs),
+//! which can differ when a table was rewritten without a re-read. A small adapter of our own:
+//! `disk::layout` is being reorganised, and the erase also needs the partition *types*.
+
+use std::fs::File;
+use std::io::{Read, Seek};
+
+use super::kernel::KernelPart;
+
+/// A partition's type, as its table records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PartType {
+    /// GPT partition type GUID, as text (upper case, dashed).
+    Gpt([u8; 16]),
+    /// MBR system id.
+    Mbr(u8),
+    /// Known only to the kernel (sysfs), not in the table.
+    Unknown,
+}
+
+/// One partition, in bytes from the start of the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Partition {
+    /// Partition number (the kernel's, for logical MBR partitions 5+).
+    pub number: u32,
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// Type from the table.
+    pub kind: PartType,
+}
+
+/// Reads the GPT (trying the disk's logical sector size first, and the backup header when
+/// the primary is damaged), else the MBR. `None` when there is no table.
+pub(crate) fn read_table<R: Read + Seek>(r: &mut R, sector: u64) -> Option<Vec<Partition>> {
+    let other = if sector == 512 { 4096 } else { 512 };
+    let gpt = gptman::GPT::read_from(r, sector).or_else(|_| gptman::GPT::read_from(r, other));
+    if let Ok(gpt) = gpt {
+        let ss = gpt.sector_size;
+        return Some(
+            gpt.iter()
+                .filter(|(_, p)| p.is_used())
+                .map(|(n, p)| Partition {
+                    number: n,
+                    start: p.starting_lba * ss,
+                    size: (p.ending_lba + 1).saturating_sub(p.starting_lba) * ss,
+                    kind: PartType::Gpt(p.partition_type_guid),
+                })
+                .collect(),
+        );
+    }
+    let ss = u32::try_from(sector).unwrap_or(512);
+    let mbr = mbrman::MBR::read_from(r, ss).ok()?;
+    Some(
+        mbr.iter()
+            .filter(|(_, p)| p.is_used())
+            .map(|(n, p)| Partition {
+                number: n as u32,
+                start: u64::from(p.starting_lba) * sector,
+                size: u64::from(p.sectors) * sector,
+                kind: PartType::Mbr(p.sys),
+            })
+            .collect(),
+    )
+}
+
+/// The table's partitions plus any the kernel has that the table does not (by range), each
+/// clipped to the disk.
+pub(crate) fn all_partitions(
+    file: &File,
+    sector: u64,
+    disk_size: u64,
+    kernel: &[KernelPart],
+) -> Vec<Partition> {
+    let mut f = file;
+    let mut parts = read_table(&mut f, sector).unwrap_or_default();
+    for k in kernel {
+        if !parts.iter().any(|p| p.start == k.start && p.size == k.size) {
+            parts.push(Partition {
+                number: k.number,
+                start: k.start,
+                size: k.size,
+                kind: PartType::Unknown,
+            });
+        }
+    }
+    parts.retain(|p| p.start < disk_size && p.size > 0);
+    for p in &mut parts {
+        p.size = p.size.min(disk_size - p.start);
+    }
+    parts
+}
+
+/// A GPT type GUID as text: gptman keeps GUIDs as stored on disk (mixed-endian).
+pub(crate) fn guid_text(g: &[u8; 16]) -> String {
+    format!(
+        "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
+        g[3], g[2], g[1], g[0], g[5], g[4], g[7], g[6], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A GUID as gptman stores it, from its text.
+    pub(crate) fn guid_bytes(s: &str) -> [u8; 16] {
+        let u = uuid::Uuid::parse_str(s).unwrap();
+        let b = u.as_bytes();
+        [
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ]
+    }
+
+    /// An in-memory GPT disk with partitions `(first_lba, last_lba, type)`.
+    pub(crate) fn gpt_disk(size: u64, ss: u64, parts: &[(u64, u64, &str)]) -> Vec<u8> {
+        let mut c = Cursor::new(vec![0u8; size as usize]);
+        let mut gpt = gptman::GPT::new_from(&mut c, ss, [7; 16]).unwrap();
+        for (i, (first, last, ty)) in parts.iter().enumerate() {
+            gpt[(i + 1) as u32] = gptman::GPTPartitionEntry {
+                partition_type_guid: guid_bytes(ty),
+                unique_partition_guid: [i as u8 + 1; 16],
+                starting_lba: *first,
+                ending_lba: *last,
+                attribute_bits: 0,
+                partition_name: "p".into(),
+            };
+        }
+        gptman::GPT::write_protective_mbr_into(&mut c, ss).unwrap();
+        gpt.write_into(&mut c).unwrap();
+        c.into_inner()
+    }
+
+    const LINUX: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+    #[test]
+    fn reads_gpt_at_512_and_4096() {
+        for ss in [512u64, 4096] {
+            let img = gpt_disk(8 << 20, ss, &[(64, 127, LINUX), (128, 255, LINUX)]);
+            let parts = read_table(&mut Cursor::new(&img), 512).unwrap();
+            assert_eq!(parts.len(), 2);
+            assert_eq!(parts[1].start, 128 * ss);
+            assert_eq!(parts[1].size, 128 * ss);
+            let PartType::Gpt(g) = parts[0].kind else {
+                panic!()
+            };
+            assert_eq!(guid_text(&g), LINUX);
+        }
+    }
+
+    #[test]
+    fn reads_the_backup_gpt_when_the_primary_is_damaged() {
+        let mut img = gpt_disk(4 << 20, 512, &[(64, 127, LINUX)]);
+        img[512..1024].fill(0);
+        let parts = read_table(&mut Cursor::new(&img), 512).unwrap();
+        assert_eq!(parts.len(), 1);
+    }
+
+    #[test]
+    fn reads_mbr_with_logical_partitions() {
+        let mut c = Cursor::new(vec![0u8; 16 << 20]);
+        let mut mbr = mbrman::MBR::new_from(&mut c, 512, [1, 2, 3, 4]).unwrap();
+        mbr[1] = mbrman::MBRPartitionEntry {
+            boot: mbrman::BOOT_INACTIVE,
+            first_chs: mbrman::CHS::empty(),
+            sys: 0x83,
+            last_chs: mbrman::CHS::empty(),
+            starting_lba: 2048,
+            sectors: 4096,
+        };
+        mbr[2] = mbrman::MBRPartitionEntry {
+            sys: 0x0f,
+            starting_lba: 8192,
+            sectors: 16384,
+            ..mbr[1]
+        };
+        mbr.logical_partitions.push(mbrman::LogicalPartition {
+            partition: mbrman::MBRPartitionEntry {
+                sys: 0xfb,
+                starting_lba: 10240,
+                sectors: 2048,
+                ..mbr[1]
+            },
+            absolute_ebr_lba: 8192,
+            ebr_sectors: None,
+            ebr_first_chs: mbrman::CHS::empty(),
+            ebr_last_chs: None,
+            bootstrap_code: [0; 446],
+        });
+        mbr.write_into(&mut c).unwrap();
+        let parts = read_table(&mut Cursor::new(c.into_inner()), 512).unwrap();
+        let numbers: Vec<_> = parts.iter().map(|p| (p.number, p.kind)).collect();
+        assert_eq!(
+            numbers,
+            vec![
+                (1, PartType::Mbr(0x83)),
+                (2, PartType::Mbr(0x0f)),
+                (5, PartType::Mbr(0xfb))
+            ]
+        );
+        assert_eq!(parts[2].start, 10240 * 512);
+    }
+
+    #[test]
+    fn no_table_on_a_blank_disk() {
+        assert!(read_table(&mut Cursor::new(vec![0u8; 1 << 20]), 512).is_none());
+    }
+}
