@@ -54,6 +54,7 @@ fn parse(args: &[String]) -> (String, EraseOptions, Vec<PathBuf>) {
 }
 
 fn failure(e: &EraseError) -> Value {
+    let e = rivet::errors::AgentError::from(e.clone());
     json!({"ok": false, "type": e.type_name(), "code": e.code(), "message": e.message(), "details": e.details()})
 }
 

@@ -41,16 +41,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let guard = match log {
-        Some(file) => netif::guard("log", Some(file)),
-        None => netif::guard("system", None),
+        Some(file) => netif::guard(rivet::config::PowerBackendKind::Log, Some(file)),
+        None => netif::guard(rivet::config::PowerBackendKind::System, None),
     };
-    let guard = match guard {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("netif_down: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+
     match netif::interfaces_down(&*guard, selection) {
         Ok(r) => {
             println!("downed: {:?}", r.downed);

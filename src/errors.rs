@@ -72,6 +72,21 @@ pub enum AgentError {
     HardwareManagerMethodNotFound(String),
     /// `VersionMismatch`: Ironic's hardware manager versions differ from ours.
     VersionMismatch(String),
+    /// `CleaningError`: a clean step failed.
+    Cleaning(String),
+    /// `ServicingError`: a service step failed.
+    Servicing(String),
+    /// `BlockDeviceEraseError`: erasing one or more disks failed.
+    BlockDeviceErase(String),
+    /// `ProtectedDeviceError`: a disk holds a shared file system; cleaning stops.
+    ProtectedDevice {
+        /// The device.
+        device: String,
+        /// What was found on it (GPFS, VMFS, gfs2, ...).
+        what: String,
+    },
+    /// `IncompatibleHardwareMethodError`: the step does not apply to this hardware.
+    IncompatibleHardwareMethod(String),
 }
 
 impl fmt::Display for AgentError {
@@ -119,6 +134,11 @@ impl AgentError {
             AgentError::ClockSync(_) => "ClockSyncError",
             AgentError::HardwareManagerMethodNotFound(_) => "HardwareManagerMethodNotFound",
             AgentError::VersionMismatch(_) => "VersionMismatch",
+            AgentError::Cleaning(_) => "CleaningError",
+            AgentError::Servicing(_) => "ServicingError",
+            AgentError::BlockDeviceErase(_) => "BlockDeviceEraseError",
+            AgentError::ProtectedDevice { .. } => "ProtectedDeviceError",
+            AgentError::IncompatibleHardwareMethod(_) => "IncompatibleHardwareMethodError",
         }
     }
 
@@ -162,6 +182,13 @@ impl AgentError {
             AgentError::VersionMismatch(_) => {
                 "Hardware managers version mismatch, reload agent with correct version"
             }
+            AgentError::Cleaning(_) => "Clean step failed",
+            AgentError::Servicing(_) => "Service step failed",
+            AgentError::BlockDeviceErase(_) => "Error erasing block device",
+            AgentError::ProtectedDevice { .. } => "Protected device located, cleaning aborted.",
+            AgentError::IncompatibleHardwareMethod(_) => {
+                "HardwareManager method is not compatible with hardware"
+            }
         }
     }
 
@@ -181,7 +208,17 @@ impl AgentError {
             | AgentError::DeviceNotFound(d)
             | AgentError::ClockSync(d)
             | AgentError::HardwareManagerMethodNotFound(d)
-            | AgentError::VersionMismatch(d) => d.clone(),
+            | AgentError::VersionMismatch(d)
+            | AgentError::Cleaning(d)
+            | AgentError::Servicing(d)
+            | AgentError::BlockDeviceErase(d)
+            | AgentError::IncompatibleHardwareMethod(d) => d.clone(),
+            AgentError::ProtectedDevice { device, what } => format!(
+                "Protected {what} located on device {device}. This volume or contents may be a \
+                 shared block device. Please consult your storage administrator, and restart \
+                 cleaning after either detaching the volumes, or instructing IPA to not protect \
+                 contents. See Ironic Python Agent documentation for more information."
+            ),
             AgentError::AgentIsBusy(cmd) => format!("executing command {cmd}"),
             AgentError::NotFound { kind, id } => format!("{kind} with id {id} not found."),
             AgentError::ImageDownload { image_id, msg, .. } => {

@@ -196,7 +196,7 @@ fn lockdown_child() {
         Ok("ipa") => Selection::Ipa,
         _ => Selection::AllButLoopback,
     };
-    let guard = netif::guard("system", None).unwrap();
+    let guard = netif::guard(rivet::config::PowerBackendKind::System, None);
     match netif::interfaces_down(&*guard, selection) {
         Ok(r) => {
             let failed: Vec<String> = r.failed.iter().map(|(n, e)| format!("{n}:{e}")).collect();

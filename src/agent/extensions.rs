@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::commands::{Outcome, Prepared};
-use super::{deploy_steps, log, standby, Agent};
+use super::steps::{self, Phase};
+use super::{bootloader, log, standby, system, Agent};
 use crate::errors::AgentError;
 
 /// Resolves `<extension>.<command>` with its params to something the engine can run.
@@ -87,21 +88,55 @@ pub fn resolve(
             }
             _ => Err(unknown()),
         },
-        "deploy" => match cmd {
-            "get_deploy_steps" => {
-                let p = Params::new(cmd, params, &["node", "ports"])?;
-                let node = p.get("node");
-                Ok(Prepared::Sync(Box::new(move |_| {
-                    a.cache_node(&node);
-                    Ok(Outcome::Json(deploy_steps::get_deploy_steps()))
+        "deploy" => steps_command(a, Phase::Deploy, cmd, params),
+        "clean" => steps_command(a, Phase::Clean, cmd, params),
+        "service" => steps_command(a, Phase::Service, cmd, params),
+        "image" => match cmd {
+            "install_bootloader" => {
+                let p = Params::new(
+                    cmd,
+                    params,
+                    &[
+                        "root_uuid",
+                        "efi_system_part_uuid",
+                        "prep_boot_part_uuid",
+                        "target_boot_mode",
+                        "software_raid",
+                        "ignore_bootloader_failure",
+                    ],
+                )?;
+                let req = bootloader::InstallBootloader {
+                    root_uuid: p.opt_string("root_uuid")?,
+                    efi_system_part_uuid: p.opt_string("efi_system_part_uuid")?,
+                    prep_boot_part_uuid: p.opt_string("prep_boot_part_uuid")?,
+                    target_boot_mode: p.opt_string("target_boot_mode")?,
+                    ignore_bootloader_failure: p.opt_bool("ignore_bootloader_failure")?,
+                };
+                if p.opt_bool("software_raid")? == Some(true) {
+                    tracing::warn!("software_raid requested: rivet sets up the install disk only");
+                }
+                Ok(Prepared::Async(Box::new(move |_| {
+                    bootloader::install_bootloader(&a, &req).map(Outcome::Json)
                 })))
             }
-            "execute_deploy_step" => {
-                let p = Params::new(cmd, params, &["step", "node", "ports", "deploy_version"])?;
-                let (step, node, version) = (p.get("step"), p.get("node"), p.get("deploy_version"));
-                Ok(Prepared::Async(Box::new(move |progress| {
-                    deploy_steps::execute_deploy_step(&a, step, &node, &version, progress)
-                        .map(Outcome::Json)
+            _ => Err(unknown()),
+        },
+        "system" => match cmd {
+            "lockdown" => {
+                Params::new(cmd, params, &[])?;
+                Ok(Prepared::Sync(Box::new(move |_| {
+                    system::lockdown(&a).map(Outcome::Json)
+                })))
+            }
+            _ => Err(unknown()),
+        },
+        "rescue" => match cmd {
+            "finalize_rescue" => {
+                let p = Params::new(cmd, params, &["rescue_password", "hashed"])?;
+                let password = p.opt_string("rescue_password")?.unwrap_or_default();
+                let hashed = p.opt_bool("hashed")?.unwrap_or(false);
+                Ok(Prepared::Sync(Box::new(move |_| {
+                    system::finalize_rescue(&a, &password, hashed).map(Outcome::Json)
                 })))
             }
             _ => Err(unknown()),
@@ -122,6 +157,45 @@ pub fn resolve(
     }
 }
 
+/// `get_<phase>_steps` (sync) and `execute_<phase>_step` (async) of the three step extensions.
+fn steps_command(
+    a: Arc<Agent>,
+    phase: Phase,
+    cmd: &str,
+    params: Map<String, Value>,
+) -> Result<Prepared, AgentError> {
+    let (list, execute) = (
+        format!("get_{}_steps", phase.name()),
+        format!("execute_{}_step", phase.name()),
+    );
+    if cmd == list {
+        let p = Params::new(cmd, params, &["node", "ports"])?;
+        let node = p.get("node");
+        return Ok(Prepared::Sync(Box::new(move |_| {
+            Ok(Outcome::Json(steps::get_steps(&a, phase, &node)))
+        })));
+    }
+    if cmd == execute {
+        let p = Params::new(
+            cmd,
+            params,
+            &["step", "node", "ports", phase.version_param()],
+        )?;
+        let (step, node, version) = (p.get("step"), p.get("node"), p.get(phase.version_param()));
+        if !step.is_object() {
+            return Err(AgentError::InvalidCommandParams(format!(
+                "{cmd}() requires a 'step' dict"
+            )));
+        }
+        return Ok(Prepared::Async(Box::new(move |progress| {
+            steps::execute_step(&a, phase, step, &node, &version, progress).map(Outcome::Json)
+        })));
+    }
+    Err(AgentError::InvalidCommand(format!(
+        "Unknown command: {cmd}"
+    )))
+}
+
 /// A command's parameters, checked against the names the command takes.
 struct Params(Map<String, Value>);
 
@@ -139,6 +213,19 @@ impl Params {
 
     fn get(&self, k: &str) -> Value {
         self.0.get(k).cloned().unwrap_or(Value::Null)
+    }
+
+    fn opt_bool(&self, k: &str) -> Result<Option<bool>, AgentError> {
+        match self.0.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) => crate::config::parse_bool(s).map(Some).ok_or_else(|| {
+                AgentError::InvalidCommandParams(format!("'{k}' must be a boolean"))
+            }),
+            Some(_) => Err(AgentError::InvalidCommandParams(format!(
+                "'{k}' must be a boolean"
+            ))),
+        }
     }
 
     fn opt_string(&self, k: &str) -> Result<Option<String>, AgentError> {

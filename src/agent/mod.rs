@@ -2,20 +2,24 @@
 //!
 //! - [`api`]: HTTP routes and the exact wire shapes;
 //! - [`commands`]: the command engine (ordered results, busy rule, async runner);
-//! - [`extensions`]: command names → bodies (`standby`, `deploy`, `log`);
-//! - [`standby`], [`deploy_steps`], [`log`]: the extensions themselves;
+//! - [`extensions`]: command names → bodies;
+//! - [`standby`], [`steps`] (deploy, clean, service), [`bootloader`] (image), [`system`]
+//!   (system, rescue), [`log`]: the extensions themselves;
+//! - [`server`]: TLS, the listener, the Ironic loop, stopping;
 //! - [`ironic`]: lookup and heartbeat;
 //! - [`power`]: how the machine is rebooted or powered off.
 
 pub mod api;
+pub mod bootloader;
 pub mod commands;
-pub mod deploy_steps;
 pub mod extensions;
 pub mod ironic;
 pub mod log;
 pub mod power;
 pub mod server;
 pub mod standby;
+pub mod steps;
+pub mod system;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -57,6 +61,8 @@ pub struct Agent {
     pub logs: Arc<log::LogBuffer>,
     /// http or https, as the API is really served (`GET /` links use it).
     scheme: std::sync::OnceLock<Scheme>,
+    /// Set when a command asks the agent to stop serving (lockdown, rescue).
+    stop: tokio::sync::watch::Sender<Option<system::Stop>>,
 }
 
 impl Agent {
@@ -79,6 +85,7 @@ impl Agent {
             heartbeat_now: tokio::sync::Notify::new(),
             logs,
             scheme: std::sync::OnceLock::new(),
+            stop: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -93,6 +100,25 @@ impl Agent {
     /// Changes the settings in place (Ironic's lookup overrides, auto-TLS).
     pub fn update_settings<T>(&self, f: impl FnOnce(&mut Settings) -> T) -> T {
         f(&mut self.settings.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Asks the server to stop serving the API (after the current answers are sent).
+    pub fn request_stop(&self, why: system::Stop) {
+        self.stop.send_replace(Some(why));
+    }
+
+    /// Resolves once a stop was requested, with its reason.
+    pub async fn stopped(&self) -> system::Stop {
+        let mut rx = self.stop.subscribe();
+        loop {
+            if let Some(why) = *rx.borrow_and_update() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives as long as the agent: never reached while it exists.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Records the scheme the API is served with, once it is known.
@@ -159,7 +185,16 @@ impl Agent {
     /// The install device: `root_device` when set, else chosen from sysfs with the node's
     /// root device hints (SPEC §9).
     pub fn root_device(&self) -> Result<PathBuf, AgentError> {
-        if let Some(p) = self.settings().root_device {
+        let settings = self.settings();
+        if let Some(p) = settings.root_device {
+            let allowed = &settings.block_devices.0;
+            if !allowed.is_empty() && !allowed.iter().any(|d| p == std::path::Path::new(d)) {
+                return Err(AgentError::DeviceNotFound(format!(
+                    "The configured root device {} is not one of block_devices ({})",
+                    p.display(),
+                    allowed.join(",")
+                )));
+            }
             if !p.exists() {
                 return Err(AgentError::DeviceNotFound(format!(
                     "The configured root device {} does not exist",
@@ -178,7 +213,15 @@ impl Agent {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        let devices = root::list_devices(std::path::Path::new("/sys/block"));
-        root::select(&devices, hints, &skip)
+        root::select(&self.disks(), hints, &skip)
+    }
+
+    /// The disks the agent may list, erase and deploy to: the `block_devices` setting when
+    /// given, else every whole disk of the machine.
+    pub fn disks(&self) -> Vec<root::BlockDevice> {
+        root::list_allowed(
+            std::path::Path::new("/sys/block"),
+            &self.settings().block_devices.0,
+        )
     }
 }

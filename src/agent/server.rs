@@ -12,7 +12,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{api, ironic, tls, Agent};
+use super::{api, ironic, system, tls, Agent};
 use crate::config::Scheme;
 
 /// Why the agent could not start or stopped.
@@ -102,9 +102,21 @@ pub async fn start(agent: &Arc<Agent>) -> Result<Running, ServeError> {
     );
     let app = api::router(Arc::clone(agent));
     let verify_ca = server_tls.as_ref().and_then(|t| t.verify_ca.clone());
+    // Both servers stop accepting once a command asks the agent to stop (lockdown, rescue);
+    // answers already being written still go out.
+    let stopping = {
+        let a = Arc::clone(agent);
+        async move {
+            a.stopped().await;
+        }
+    };
     let server = match server_tls {
-        Some(t) => tokio::spawn(async move { tls::serve(listener, app, t.config).await }),
-        None => tokio::spawn(async move { axum::serve(listener, app).await }),
+        Some(t) => tokio::spawn(async move { tls::serve(listener, app, t.config, stopping).await }),
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping)
+                .await
+        }),
     };
     Ok(Running {
         addr: bound,
@@ -115,22 +127,63 @@ pub async fn start(agent: &Arc<Agent>) -> Result<Running, ServeError> {
     })
 }
 
-/// Runs the agent until the server stops: the API, then lookup and heartbeats when an Ironic
-/// API URL is configured.
+/// Runs the agent: the API, then lookup and heartbeats when an Ironic API URL is configured,
+/// until a command stops it. After `system.lockdown` the network goes down and this never
+/// returns (so nothing restarts the agent); after `rescue.finalize_rescue` it returns.
 pub async fn run(agent: Arc<Agent>) -> Result<(), ServeError> {
-    let r = start(&agent).await?;
+    let settings = agent.settings();
+    if settings.rescue_marker.exists() {
+        // A rescued machine keeps its network for the rescue user, and no API.
+        tracing::info!("Found rescue state marker file, not serving the API");
+        return idle_forever().await;
+    }
+    let mut r = start(&agent).await?;
     let listen = |e: std::io::Error| ServeError::Listen(r.addr, e);
-    match r.ironic {
-        Some(i) => {
-            if let Err(e) = ironic::run(Arc::clone(&agent), i, r.verify_ca).await {
-                r.server.abort();
-                return Err(e.into());
+    let heartbeats = async {
+        match r.ironic.take() {
+            Some(i) => ironic::run(Arc::clone(&agent), i, r.verify_ca.take()).await,
+            None => {
+                tracing::info!("no api_url: running standalone (API only)");
+                std::future::pending().await
             }
         }
-        None => tracing::info!("no api_url: running standalone (API only)"),
+    };
+    let why = tokio::select! {
+        res = heartbeats => {
+            r.server.abort();
+            return Err(res.err().map(ServeError::from).unwrap_or_else(|| {
+                listen(std::io::Error::other("the Ironic loop ended"))
+            }));
+        }
+        why = agent.stopped() => why,
+    };
+    // Heartbeats ended with the select; the server drains its last answers.
+    match tokio::time::timeout(std::time::Duration::from_secs(10), &mut r.server).await {
+        Ok(Ok(res)) => res.map_err(listen)?,
+        Ok(Err(e)) => return Err(listen(std::io::Error::other(e))),
+        Err(_) => r.server.abort(),
     }
-    match r.server.await {
-        Ok(res) => res.map_err(listen),
-        Err(e) => Err(listen(std::io::Error::other(e))),
+    tracing::info!(?why, "the agent API stopped");
+    match why {
+        system::Stop::Rescued => Ok(()),
+        system::Stop::Lockdown => {
+            lock_down(&agent);
+            tracing::info!("System locked down, looping forever to avoid a service restart");
+            idle_forever().await
+        }
     }
+}
+
+/// Every network interface down, through the guard of the power backend.
+fn lock_down(agent: &Agent) {
+    let s = agent.settings();
+    let guard = crate::system::netif::guard(s.power_backend, s.power_log.clone());
+    match crate::system::netif::interfaces_down(&*guard, crate::system::netif::Selection::Ipa) {
+        Ok(r) => tracing::info!(?r, "network interfaces down"),
+        Err(e) => tracing::error!("could not take the network interfaces down: {e}"),
+    }
+}
+
+async fn idle_forever() -> Result<(), ServeError> {
+    std::future::pending().await
 }

@@ -130,15 +130,21 @@ pub fn auto_tls(
     })
 }
 
-/// Serves `app` over TLS on `listener` until the process ends.
+/// Serves `app` over TLS on `listener` until `stop` resolves (connections already accepted
+/// finish on their own).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     config: Arc<rustls::ServerConfig>,
+    stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::pin!(stop);
     loop {
-        let (tcp, peer) = listener.accept().await?;
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => r?,
+            () = &mut stop => return Ok(()),
+        };
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {

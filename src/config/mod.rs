@@ -202,8 +202,15 @@ settings! {
     enable_bios_bootloader_install: bool = Some("false");
     /// Skip looking for a BMC (Ironic's lookup config can set it)
     agent_skip_bmc_detect: bool = Some("false");
-    /// Directory standing in for efivarfs (UEFI variables)
+    /// Where UEFI variables are (efivarfs); the machine counts as booted in UEFI mode when
+    /// this directory exists (tests point it at a directory standing in for efivarfs)
     efivars_dir: PathBuf = Some("/sys/firmware/efi/efivars");
+    /// Let install_bootloader succeed when setting up boot fails (IPA's option)
+    ignore_bootloader_failure: bool = Some("false");
+    /// Where rescue.finalize_rescue writes the rescue password (hashed)
+    rescue_password_file: PathBuf = Some("/etc/ipa-rescue-config/ipa-rescue-password");
+    /// The marker file of a rescued machine (the agent then stays quiet at start-up)
+    rescue_marker: PathBuf = Some("/etc/.rescued");
     /// Config file (TOML, option = value)
     config: PathBuf = Some("/etc/rivet/rivet.toml");
     /// Kernel command line to read ipa-* options from

@@ -47,6 +47,31 @@ const HINTS: &[&str] = &[
     "tran",
 ];
 
+/// Root device hints that cannot be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HintError(String);
+
+/// The disks the agent works with: exactly `only` (the `block_devices` setting, e.g.
+/// `/dev/loop3`) when it is not empty, whatever their kind; else every whole disk of the
+/// machine ([`list_devices`]).
+pub fn list_allowed(sys_block: &Path, only: &[String]) -> Vec<BlockDevice> {
+    if only.is_empty() {
+        return list_devices(sys_block);
+    }
+    let by_path = by_path_links(Path::new("/dev/disk/by-path"));
+    let mut out: Vec<BlockDevice> = only
+        .iter()
+        .filter_map(|d| {
+            let kname = d.trim_start_matches("/dev/");
+            let dir = sys_block.join(kname);
+            dir.is_dir().then(|| read_device(&dir, kname, &by_path))
+        })
+        .collect();
+    out.sort_by(|a, b| (a.size, &a.name).cmp(&(b.size, &b.name)));
+    out
+}
+
 /// Disks under `sys_block` (normally `/sys/block`): whole disks only, no loop, ram, zram,
 /// device-mapper, md, optical or floppy devices.
 pub fn list_devices(sys_block: &Path) -> Vec<BlockDevice> {
@@ -63,7 +88,15 @@ pub fn list_devices(sys_block: &Path) -> Vec<BlockDevice> {
         {
             continue;
         }
-        let dir = e.path();
+        out.push(read_device(&e.path(), &kname, &by_path));
+    }
+    out.sort_by(|a, b| (a.size, &a.name).cmp(&(b.size, &b.name)));
+    out
+}
+
+/// One disk's identity, from its sysfs directory.
+fn read_device(dir: &Path, kname: &str, by_path: &[(String, String)]) -> BlockDevice {
+    {
         let read = |rel: &str| {
             std::fs::read_to_string(dir.join(rel))
                 .map(|s| s.trim().to_string())
@@ -82,7 +115,7 @@ pub fn list_devices(sys_block: &Path) -> Vec<BlockDevice> {
             String::new()
         };
         let name = format!("/dev/{kname}");
-        out.push(BlockDevice {
+        BlockDevice {
             by_path: by_path
                 .iter()
                 .find(|(_, target)| *target == name)
@@ -111,10 +144,8 @@ pub fn list_devices(sys_block: &Path) -> Vec<BlockDevice> {
             },
             hctl,
             tran,
-        });
+        }
     }
-    out.sort_by(|a, b| (a.size, &a.name).cmp(&(b.size, &b.name)));
-    out
 }
 
 fn by_path_links(dir: &Path) -> Vec<(String, String)> {
@@ -173,16 +204,16 @@ pub fn select(
 }
 
 /// Whether a device satisfies every hint of `hints`.
-pub fn matches_hints(d: &BlockDevice, hints: &Value) -> Result<bool, String> {
+pub fn matches_hints(d: &BlockDevice, hints: &Value) -> Result<bool, HintError> {
     let Some(obj) = hints.as_object() else {
-        return Err("root device hints must be a dictionary".into());
+        return Err(HintError("root device hints must be a dictionary".into()));
     };
     for (key, want) in obj {
         if !HINTS.contains(&key.as_str()) {
-            return Err(format!(
+            return Err(HintError(format!(
                 "The hints \"{key}\" are invalid. Valid hints are: \"{}\"",
                 HINTS.join(", ")
-            ));
+            )));
         }
         let want_s = match want {
             Value::String(s) => s.clone(),
@@ -194,8 +225,9 @@ pub fn matches_hints(d: &BlockDevice, hints: &Value) -> Result<bool, String> {
                 match_number(gib, &want_s)?
             }
             "rotational" => {
-                let w = crate::config::parse_bool(&want_s)
-                    .ok_or_else(|| format!("rotational hint {want_s} is not a boolean"))?;
+                let w = crate::config::parse_bool(&want_s).ok_or_else(|| {
+                    HintError(format!("rotational hint {want_s} is not a boolean"))
+                })?;
                 w == d.rotational
             }
             k => {
@@ -265,7 +297,7 @@ fn match_string_op(have: &str, w: &str) -> bool {
     have == norm(w)
 }
 
-fn match_number(have: f64, want: &str) -> Result<bool, String> {
+fn match_number(have: f64, want: &str) -> Result<bool, HintError> {
     let w = want.trim();
     if let Some(rest) = w.strip_prefix("<or>") {
         for alt in rest.split("<or>") {
@@ -279,13 +311,15 @@ fn match_number(have: f64, want: &str) -> Result<bool, String> {
         .iter()
         .find_map(|op| w.strip_prefix(op).map(|n| (*op, n.trim())))
         .unwrap_or(("==", w));
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("Root device hint \"size\" is not an integer: {want}"))?;
+    let n: i64 = num.parse().map_err(|_| {
+        HintError(format!(
+            "Root device hint \"size\" is not an integer: {want}"
+        ))
+    })?;
     if n <= 0 {
-        return Err(format!(
+        return Err(HintError(format!(
             "Root device hint \"size\" must be positive: {want}"
-        ));
+        )));
     }
     let n = n as f64;
     Ok(match op {

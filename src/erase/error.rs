@@ -11,16 +11,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EraseError {
     /// `BlockDeviceEraseError`: the details say which device and why.
-    #[error("Error erasing block device: {0}")]
+    #[error("{0}")]
     BlockDeviceErase(String),
     /// `ProtectedDeviceError` (a `CleaningError`): a shared-disk filesystem or partition type.
-    #[error(
-        "Protected device located, cleaning aborted.: Protected {what} located on device \
-         {device}. This volume or contents may be a shared block device. Please consult your \
-         storage administrator, and restart cleaning after either detaching the volumes, or \
-         instructing IPA to not protect contents. See Ironic Python Agent documentation for \
-         more information."
-    )]
+    #[error("protected {what} on {device}")]
     ProtectedDevice {
         /// The disk or partition (`/dev/sda1`) holding it.
         device: String,
@@ -30,7 +24,7 @@ pub enum EraseError {
     /// `HardwareManagerMethodNotFound`: IPA's `IncompatibleHardwareMethodError` from the only
     /// hardware manager (secure erase failed without fallback, or the overwrite failed) turns
     /// into this on the wire; `cause` keeps the reason for rivet's own log.
-    #[error("No HardwareManager found to handle method: Could not find method: {method}")]
+    #[error("{cause}")]
     MethodNotFound {
         /// Always `erase_block_device` here.
         method: &'static str,
@@ -39,37 +33,33 @@ pub enum EraseError {
     },
 }
 
+/// The conductor sees IPA's classes and texts; they are written once, in
+/// [`crate::errors::AgentError`].
+impl From<EraseError> for crate::errors::AgentError {
+    fn from(e: EraseError) -> Self {
+        use crate::errors::AgentError;
+        match e {
+            EraseError::BlockDeviceErase(d) => AgentError::BlockDeviceErase(d),
+            EraseError::ProtectedDevice { device, what } => AgentError::ProtectedDevice {
+                device,
+                what: what.to_string(),
+            },
+            // IPA's IncompatibleHardwareMethodError from the only manager reaches the wire as
+            // HardwareManagerMethodNotFound; the cause stays in rivet's log.
+            EraseError::MethodNotFound { method, cause } => {
+                tracing::error!("{method}: {cause}");
+                AgentError::HardwareManagerMethodNotFound(format!(
+                    "Could not find method: {method}"
+                ))
+            }
+        }
+    }
+}
+
 impl EraseError {
-    /// IPA's class name (`command_error.type`).
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            EraseError::BlockDeviceErase(_) => "BlockDeviceEraseError",
-            EraseError::ProtectedDevice { .. } => "ProtectedDeviceError",
-            EraseError::MethodNotFound { .. } => "HardwareManagerMethodNotFound",
-        }
-    }
-
-    /// IPA's fixed `message` of the class.
-    pub fn message(&self) -> &'static str {
-        match self {
-            EraseError::BlockDeviceErase(_) => "Error erasing block device",
-            EraseError::ProtectedDevice { .. } => "Protected device located, cleaning aborted.",
-            EraseError::MethodNotFound { .. } => "No HardwareManager found to handle method",
-        }
-    }
-
-    /// IPA's `details`.
+    /// IPA's `details`, as the conductor will see them.
     pub fn details(&self) -> String {
-        let full = self.to_string();
-        let prefix = format!("{}: ", self.message());
-        full.strip_prefix(&prefix)
-            .map(str::to_owned)
-            .unwrap_or(full)
-    }
-
-    /// The HTTP-ish code IPA sends with every one of these.
-    pub fn code(&self) -> u16 {
-        500
+        crate::errors::AgentError::from(self.clone()).details()
     }
 
     /// IPA's failure of `erase_block_device` that ends in `HardwareManagerMethodNotFound`.
@@ -119,8 +109,9 @@ mod tests {
             device: "/dev/sda1".into(),
             what: "Red Hat Global File System 2",
         };
-        assert_eq!(e.type_name(), "ProtectedDeviceError");
-        assert_eq!(e.message(), "Protected device located, cleaning aborted.");
+        let a = crate::errors::AgentError::from(e.clone());
+        assert_eq!(a.type_name(), "ProtectedDeviceError");
+        assert_eq!(a.message(), "Protected device located, cleaning aborted.");
         assert_eq!(
             e.details(),
             "Protected Red Hat Global File System 2 located on device /dev/sda1. This volume \
@@ -136,7 +127,10 @@ mod tests {
         let e = EraseError::incompatible(
             "Unable to erase block device /dev/sda: device is unsupported.",
         );
-        assert_eq!(e.type_name(), "HardwareManagerMethodNotFound");
+        assert_eq!(
+            crate::errors::AgentError::from(e.clone()).type_name(),
+            "HardwareManagerMethodNotFound"
+        );
         assert_eq!(e.details(), "Could not find method: erase_block_device");
     }
 }

@@ -127,4 +127,3 @@ pub fn place(disk: &Path, part: &Path, offset: u64) {
     let f = fs::OpenOptions::new().write(true).open(disk).unwrap();
     f.write_all_at(&fs::read(part).unwrap(), offset).unwrap();
 }
-
