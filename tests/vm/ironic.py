@@ -1,8 +1,14 @@
 """The real Ironic (API + conductor in one process, `ironic`), in its default configuration
-except what cannot exist here: fake-hardware power and management (the test plays the BMC),
-the fake boot interface (no PXE: the test boots the VM itself), the noop network interface, no
-keystone, sqlite, and the API on the namespace's address. Cleaning, UEFI boot mode, agent TLS,
-deep image inspection and every [agent]/[deploy] setting keep their defaults."""
+except what cannot exist here: no BMC (the test plays it), no keystone, no neutron, sqlite,
+and paths and endpoints inside the test's directory and namespace.
+
+The node is of the `manual-management` hardware type with the `fake` power interface and the
+`noop` management interface: `fake-hardware`'s management interface accepts no boot device
+but PXE, so the `set_boot_to_disk` that follows `install_bootloader` in a UEFI whole-disk
+deploy would fail there. Its boot interface is the real `pxe` one: the conductor fetches the
+node's deploy_kernel/deploy_ramdisk and writes the PXE (grub) config with the kernel command
+line, which the test's BMC boots exactly as written. Cleaning, UEFI boot mode, agent TLS, deep
+image inspection and every [agent]/[deploy] setting keep their defaults."""
 
 import json
 import os
@@ -24,10 +30,10 @@ debug = true
 log_file = {work}/ironic.log
 use_stderr = false
 state_path = {work}/ironic-state
-enabled_hardware_types = fake-hardware
+my_ip = {host}
+enabled_hardware_types = manual-management
 enabled_power_interfaces = fake
-enabled_management_interfaces = fake
-enabled_boot_interfaces = fake
+enabled_management_interfaces = noop
 enabled_network_interfaces = noop
 # the default list has ipmitool's, which needs the ipmitool command
 enabled_vendor_interfaces = no-vendor
@@ -50,8 +56,16 @@ automated_clean = true
 
 [deploy]
 default_boot_mode = uefi
-http_root = {work}/ironic-http
+http_root = {work}/httpboot
 http_url = http://{host}:8080
+
+[pxe]
+tftp_root = {work}/tftpboot
+tftp_master_path = {work}/tftpboot/master_images
+images_path = {work}/images
+instance_master_path = {work}/master_images
+# the default (nofb vga=normal) plus the serial console the test reads
+kernel_append_params = nofb vga=normal console=ttyS0
 
 [service_catalog]
 # the API URL the conductor hands to the agent (no keystone here)
@@ -77,7 +91,9 @@ class Ironic:
         self.proc = None
 
     def start(self, timeout=180):
-        os.makedirs(os.path.join(self.work, "ironic-state"), exist_ok=True)
+        for d in ("ironic-state", "httpboot", "tftpboot/master_images", "images",
+                  "master_images", "ironic-locks"):
+            os.makedirs(os.path.join(self.work, d), exist_ok=True)
         with open(self.conf, "w") as f:
             f.write(CONFIG.format(work=self.work, host=HOST_IP, port=API_PORT))
         bin_ = os.path.join(self.venv, "bin")
@@ -136,10 +152,10 @@ class Ironic:
 
     def enroll(self, name, mac, deploy_kernel, deploy_ramdisk):
         node = self.request("POST", "/v1/nodes", {
-            "name": name, "driver": "fake-hardware",
-            "deploy_interface": "direct", "boot_interface": "fake",
+            "name": name, "driver": "manual-management",
+            "deploy_interface": "direct", "boot_interface": "pxe",
             "network_interface": "noop", "power_interface": "fake",
-            "management_interface": "fake",
+            "management_interface": "noop",
             "driver_info": {"deploy_kernel": deploy_kernel, "deploy_ramdisk": deploy_ramdisk},
             "properties": {"cpu_arch": "x86_64", "cpus": 2, "memory_mb": 512, "local_gb": 1,
                            "root_device": {"name": "/dev/vda"}},

@@ -129,7 +129,7 @@ class Scenario:
         append = (f"console=ttyS0 nofb nomodeset vga=normal ipa-api-url=http://{HOST_IP}:6385 "
                   f"BOOTIF={bootif}")
         self.bmc = Bmc(self.ironic, self.vm, self.uuid, (self.kernel, self.initrd), append,
-                       self.events)
+                       self.events, os.path.join(self.work, "tftpboot"))
         self.bmc.start()
         with self.stage("manage"):
             self.ironic.provision(self.uuid, "manage")
@@ -153,14 +153,16 @@ class Scenario:
         """--keep-going: bring the node back to available, cleaning off, for the next stage."""
         self.where += " / recovering"
         self.clean = False
-        self.no_automated_clean()
         n = self.ironic.node(self.uuid)
+        state = n["provision_state"]
+        if state in ("clean wait", "cleaning", "wait call-back", "deploying"):
+            self.ironic.provision(self.uuid, "abort" if "clean" in state else "deleted")
+            n = self.wait(["clean failed", "manageable", "available", "deploy failed"], 180,
+                          fail=set())
+            state = n["provision_state"]
         if n.get("maintenance"):
             self.ironic.request("DELETE", f"/v1/nodes/{self.uuid}/maintenance")
-        state = n["provision_state"]
-        if state in ("clean wait", "cleaning"):
-            self.ironic.provision(self.uuid, "abort")
-            state = self.wait(["clean failed", "manageable"], 120, fail=set())["provision_state"]
+        self.no_automated_clean()
         if state == "clean failed":
             self.ironic.provision(self.uuid, "manage")
             state = self.wait(["manageable"], 120)["provision_state"]
