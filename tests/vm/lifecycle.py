@@ -146,6 +146,14 @@ def inner(args):
             httpd.shutdown()
     if sc:
         sc.print_table()
+    if ok:  # keep the logs, drop the disks and image copies (hundreds of MiB)
+        for name in ("node-disk.raw", "www", "tftpboot", "httpboot", "images", "master_images",
+                     "marker.efi", "marker.initramfs"):
+            path = os.path.join(work, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.unlink(path)
     print(("\nrivet VM lifecycle: PASSED" if ok else
            f"\nrivet VM lifecycle: STOPPED at {sc.where if sc else 'setup'}"), flush=True)
     print(f"logs: {work}/events.log, serial consoles {work}/serial-*.log, "
