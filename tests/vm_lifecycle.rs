@@ -53,7 +53,13 @@ fn build_ramdisk(tmp: &Path) -> PathBuf {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/ramdisk/build.sh"))
         .arg("--out")
         .arg(&out)
-        .args(["--rivet", env!("CARGO_BIN_EXE_rivet"), "--level", "9", "--cache"])
+        .args([
+            "--rivet",
+            env!("CARGO_BIN_EXE_rivet"),
+            "--level",
+            "9",
+            "--cache",
+        ])
         .arg(tmp.join("vm-debs"))
         .status()
         .expect("run ramdisk/build.sh");
@@ -86,7 +92,10 @@ fn vm_lifecycle_under_real_ironic() {
     let work = tmp.join(format!("vm-lifecycle-{stamp}"));
     let until = std::env::var("RIVET_VM_UNTIL").unwrap_or_else(|_| "all".into());
     let status = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/lifecycle.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/vm/lifecycle.py"
+        ))
         .arg("--ramdisk")
         .arg(&ramdisk)
         .arg("--venv")
