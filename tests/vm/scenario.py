@@ -117,8 +117,29 @@ class Scenario:
         ])
 
     # --- stages ----------------------------------------------------------------------------
+    def static_network(self):
+        """The ramdisk with dracut's static ip= (empty interface: BOOTIF's NIC), no DHCP: it
+        must reach Ironic from that address (a lookup for a node Ironic does not know yet)."""
+        addr = "192.0.2.50"
+        with self.stage("ramdisk with a static ip= and BOOTIF"):
+            append = (f"console=ttyS0 ip={addr}::{HOST_IP}:255.255.255.0:rivet-static::none "
+                      f"BOOTIF=01-{self.mac.replace(':', '-')} ipa-api-url=http://{HOST_IP}:6385")
+            boot = self.vm.start("ramdisk-static", self.kernel, self.initrd, append)
+            want = f"{addr} - GET /v1/lookup"
+            end = time.monotonic() + self.left(180)
+            with open(self.ironic.log, errors="replace") as log:
+                seen = ""
+                while want not in seen:
+                    if time.monotonic() > end or not self.vm.running():
+                        raise Stop(f"no lookup from {addr} (see {boot['serial']})")
+                    seen = seen[-200:] + log.read()
+                    time.sleep(0.5)
+            self.row("power-on -> first lookup request", time.monotonic() - boot["started"])
+            self.vm.stop()
+
     def run(self):
         ramdisk_url = f"http://{HOST_IP}:8080"
+        self.static_network()
         with self.stage("enroll"):
             self.uuid = self.ironic.enroll("rivet-vm", self.mac, f"{ramdisk_url}/rivet.kernel",
                                            f"{ramdisk_url}/rivet.initramfs")
