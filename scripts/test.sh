@@ -31,6 +31,18 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: missing ${need[*]} (run as root to install them)" >&2
   fi
 fi
+# The VM lifecycle test (tests/vm_lifecycle.rs): QEMU + OVMF, dnsmasq, systemd-boot's UKI stub;
+# ramdisk/build.sh installs what it needs itself. Bookworm's qemu-system-x86 cannot sit beside a
+# newer (backports) qemu-utils: apt replaces it, so qemu-img is put back right after. A failure
+# here only makes that test skip.
+if [ "$(id -u)" = 0 ] && { ! command -v qemu-system-x86_64 >/dev/null || ! command -v dnsmasq >/dev/null ||
+    [ ! -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || [ ! -f /usr/lib/systemd/boot/efi/linuxx64.efi.stub ]; }; then
+  echo "test.sh: installing qemu-system-x86 ovmf dnsmasq-base systemd-boot-efi"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 ovmf dnsmasq-base systemd-boot-efi >/dev/null ||
+    echo "test.sh: could not install the VM test's packages; it will skip" >&2
+  command -v qemu-img >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils >/dev/null
+fi
 
 # Ironic's real conductor client (PyPI `ironic`) drives `rivet serve` in the agent tests.
 RIVET_IRONIC_PYTHON="$(bash tests/ironic/setup.sh)/bin/python"
