@@ -59,7 +59,7 @@ pub fn run() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(TeeWriter(Arc::clone(&logs)))
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let res = match cli.command {
         Command::Deploy(a) => deploy::deploy(a),

@@ -64,8 +64,9 @@ tftp_root = {work}/tftpboot
 tftp_master_path = {work}/tftpboot/master_images
 images_path = {work}/images
 instance_master_path = {work}/master_images
-# the default (nofb vga=normal) plus the serial console the test reads
-kernel_append_params = nofb vga=normal console=ttyS0
+# the default (nofb vga=normal) plus the serial console the test reads, and fewer download
+# retries for the agent (IPA's 9 retries 10 s apart make the wrong-checksum stage take 2 min)
+kernel_append_params = nofb vga=normal console=ttyS0 ipa-image-download-connection-retries=1 ipa-image-download-connection-retry-interval=1
 
 [service_catalog]
 # the API URL the conductor hands to the agent (no keystone here)
