@@ -303,3 +303,19 @@ fn no_system_ca_certificates_is_not_fatal() {
     assert!(err.contains("no CA certificates on this system"), "{err}");
     assert_eq!(std::fs::read(&t).unwrap(), *data);
 }
+
+/// `rivet demo` takes the streaming path `rivet deploy` takes (not the temp-file path).
+#[test]
+fn the_demo_streams_like_deploy() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = rivet(&[
+        "demo",
+        "--size-mib",
+        "8",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("path: Raw"), "{out}");
+}

@@ -51,7 +51,7 @@ pub(super) fn demo(a: DemoArgs) -> anyhow::Result<()> {
         disk.display()
     );
     let info = ImageInfo::from_value(
-        &serde_json::json!({"id": "sample", "urls": [url], "disk_format": "raw",
+        &serde_json::json!({"id": "sample", "urls": [url], "disk_format": "raw", "stream_raw_images": true,
                             "os_hash_algo": "sha256", "os_hash_value": digest}),
         false,
     )?;
