@@ -446,8 +446,14 @@ impl LoopDev {
     pub fn new(dir: &Path, name: &str, size: u64, fill: u8) -> LoopDev {
         let backing = dir.join(name);
         std::fs::write(&backing, vec![fill; size as usize]).unwrap();
+        Self::attach(backing, &[])
+    }
+
+    /// A loop device over `backing`, with extra `losetup` arguments.
+    fn attach(backing: PathBuf, losetup_args: &[&str]) -> LoopDev {
         let out = Command::new("losetup")
             .args(["-f", "--show"])
+            .args(losetup_args)
             .arg(&backing)
             .output()
             .unwrap();
@@ -710,19 +716,7 @@ impl LoopDev {
             .unwrap()
             .set_len(size)
             .unwrap();
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .args(losetup_args)
-            .arg(&backing)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        LoopDev { dev, backing }
+        Self::attach(backing, losetup_args)
     }
 }
 
