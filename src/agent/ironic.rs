@@ -26,6 +26,47 @@ pub enum IronicError {
     /// A setting needed to talk to Ironic is wrong.
     #[error("{0}")]
     Config(String),
+    /// The HTTP client cannot be built from the TLS settings.
+    #[error(transparent)]
+    Client(#[from] crate::image::http::ClientError),
+    /// The `config` of the lookup answer has a bad setting.
+    #[error(transparent)]
+    Setting(#[from] crate::config::SettingError),
+}
+
+/// Why one request reached none of the API URLs.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// The agent has no API URL at all.
+    #[error("no API URL")]
+    NoUrl,
+    /// The last URL tried did not answer.
+    #[error("{url}: {source}")]
+    Unreachable {
+        /// The API URL.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+}
+
+/// Why one lookup did not give an answer.
+#[derive(Debug, thiserror::Error)]
+enum LookupFailure {
+    /// No API URL answered.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// Ironic answered with a status other than 200.
+    #[error("status {status}: {text}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The body of the answer.
+        text: String,
+    },
+    /// The answer is not JSON.
+    #[error("invalid lookup answer: {0}")]
+    InvalidAnswer(#[source] reqwest::Error),
 }
 
 /// The Ironic API client of one agent.
@@ -61,8 +102,7 @@ impl Ironic {
         }
         let fetch = s.fetch_config();
         let timeout = s.http_request_timeout.0;
-        let client = crate::image::http::build_client(&fetch, &Default::default(), None)
-            .map_err(|e| IronicError::Config(e.to_string()))?;
+        let client = crate::image::http::build_client(&fetch, &Default::default(), None)?;
         Ok(Some(Ironic {
             urls,
             client,
@@ -94,8 +134,8 @@ impl Ironic {
     async fn send(
         &mut self,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, String> {
-        let mut last = String::from("no API URL");
+    ) -> Result<reqwest::Response, SendError> {
+        let mut last = SendError::NoUrl;
         for i in 0..self.urls.len() {
             match build(&self.client, &self.urls[i])
                 .timeout(self.timeout)
@@ -109,7 +149,12 @@ impl Ironic {
                     }
                     return Ok(r);
                 }
-                Err(e) => last = format!("{}: {e}", self.urls[i]),
+                Err(source) => {
+                    last = SendError::Unreachable {
+                        url: self.urls[i].clone(),
+                        source,
+                    }
+                }
             }
         }
         Err(last)
@@ -145,7 +190,7 @@ impl Ironic {
         &mut self,
         addresses: &str,
         node_uuid: Option<&str>,
-    ) -> Result<Value, (Option<u16>, String)> {
+    ) -> Result<Value, LookupFailure> {
         let h = self.headers(Some(self.capped(LOOKUP_VERSION)));
         let mut q = vec![("addresses", addresses.to_string())];
         if let Some(n) = node_uuid {
@@ -153,16 +198,15 @@ impl Ironic {
         }
         let r = self
             .send(|c, u| c.get(format!("{u}/v1/lookup")).query(&q).headers(h.clone()))
-            .await
-            .map_err(|e| (None, e))?;
+            .await?;
         let status = r.status().as_u16();
         if status != 200 {
             let text = r.text().await.unwrap_or_default();
-            return Err((Some(status), format!("status {status}: {text}")));
+            return Err(LookupFailure::Status { status, text });
         }
         r.json::<Value>()
             .await
-            .map_err(|e| (Some(status), format!("invalid lookup answer: {e}")))
+            .map_err(LookupFailure::InvalidAnswer)
     }
 
     /// Lookup with IPA's backoff until `timeout`.
@@ -181,13 +225,13 @@ impl Ironic {
             match self.lookup_once(addresses, node_uuid.as_deref()).await {
                 Ok(v) if v.get("node").is_some() => return Ok(v),
                 Ok(v) => tracing::warn!("lookup answer without a node: {v}"),
-                Err((Some(409), msg)) => {
+                Err(msg @ LookupFailure::Status { status: 409, .. }) => {
                     let extra = [5u64, 10, 30][conflicts.min(2)];
                     conflicts += 1;
                     tracing::warn!("lookup: node locked ({msg}); waiting {extra} s more");
                     tokio::time::sleep(Duration::from_secs(extra)).await;
                 }
-                Err((_, msg)) => tracing::warn!("lookup failed: {msg}"),
+                Err(msg) => tracing::warn!("lookup failed: {msg}"),
             }
             if start.elapsed() >= timeout {
                 return Err(IronicError::Lookup(
@@ -309,7 +353,7 @@ pub fn apply_lookup(agent: &Agent, answer: &Value) -> Result<(), IronicError> {
     match cfg.as_object() {
         Some(map) => agent
             .update_settings(|s| s.apply_lookup_config(map))
-            .map_err(|e| IronicError::Config(e.to_string())),
+            .map_err(IronicError::from),
         None => Ok(()),
     }
 }

@@ -22,6 +22,20 @@ pub enum LoadOptionError {
     NodeTooLong(usize),
 }
 
+/// Why a `BOOT*.CSV` file cannot be used (IPA fails on these too).
+#[derive(Debug, thiserror::Error)]
+pub enum CsvError {
+    /// An odd number of bytes after the byte order mark.
+    #[error("{0} bytes: not UTF-16")]
+    OddLength(usize),
+    /// Not valid UTF-16 (a lone surrogate).
+    #[error("not UTF-16: {0}")]
+    NotUtf16(#[source] std::string::FromUtf16Error),
+    /// The first line has no loader and label.
+    #[error("fewer than two comma-separated fields")]
+    TooFewFields,
+}
+
 /// A failure while finding the ESP, reading it, or editing the UEFI variables.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -57,7 +71,8 @@ pub enum BootError {
         /// The CSV's path on the ESP.
         path: String,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        reason: CsvError,
     },
     /// The efivarfs directory is missing: the machine did not boot in UEFI mode, or efivarfs is
     /// not mounted (efibootmgr says "EFI variables are not supported on this system").

@@ -18,7 +18,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::error::BootError;
+use super::error::{BootError, CsvError};
 use super::partitions::{read_partitions, Partition};
 
 /// IPA's `BOOTLOADERS_EFI`: the file names (lower case) that mark a boot loader or a CSV.
@@ -258,11 +258,11 @@ fn esp_path(rel: &str) -> String {
 
 /// A `BOOT*.CSV` (shim's fallback list: `loader,label,options,description`, UTF-16) as IPA
 /// reads it: the loader is relative to the CSV's directory; options are not used.
-pub fn loader_from_csv(csv_path: &str, bytes: &[u8]) -> Result<Loader, String> {
+pub fn loader_from_csv(csv_path: &str, bytes: &[u8]) -> Result<Loader, CsvError> {
     let text = decode_utf16(bytes)?;
     let mut fields = text.splitn(4, ',');
     let (Some(file), Some(label)) = (fields.next(), fields.next()) else {
-        return Err("fewer than two comma-separated fields".into());
+        return Err(CsvError::TooFewFields);
     };
     // IPA reads the whole file, so a first line with only two fields would leave the line
     // break in the label; keep to the first line.
@@ -279,14 +279,14 @@ pub fn loader_from_csv(csv_path: &str, bytes: &[u8]) -> Result<Loader, String> {
 }
 
 /// Python's `utf-16` codec: a BOM picks the byte order (and is dropped), else little-endian.
-fn decode_utf16(bytes: &[u8]) -> Result<String, String> {
+fn decode_utf16(bytes: &[u8]) -> Result<String, CsvError> {
     let (le, body) = match bytes {
         [0xff, 0xfe, rest @ ..] => (true, rest),
         [0xfe, 0xff, rest @ ..] => (false, rest),
         _ => (true, bytes),
     };
     if body.len() % 2 != 0 {
-        return Err(format!("{} bytes: not UTF-16", bytes.len()));
+        return Err(CsvError::OddLength(bytes.len()));
     }
     let units: Vec<u16> = body
         .chunks_exact(2)
@@ -298,7 +298,7 @@ fn decode_utf16(bytes: &[u8]) -> Result<String, String> {
             }
         })
         .collect();
-    String::from_utf16(&units).map_err(|e| format!("not UTF-16: {e}"))
+    String::from_utf16(&units).map_err(CsvError::NotUtf16)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::path::Path;
 
 pub use efivars::{VarStore, DEFAULT_EFIVARS_DIR};
 pub use entries::{clean_uefi_nvram, BootEntry, RemovedEntry};
-pub use error::BootError;
+pub use error::{BootError, CsvError};
 
 /// Whether this system booted in UEFI mode (IPA's `get_boot_info`: `/sys/firmware/efi` is a
 /// directory). When it did not, IPA does nothing for UEFI in `install_bootloader`.

@@ -35,6 +35,58 @@ const FLAG_ASSOCIATED: u8 = 0x04;
 /// Directory record flag: the file continues in the next record.
 const FLAG_MULTI_EXTENT: u8 = 0x80;
 
+/// What is malformed (or past rivet's bounds) in an ISO 9660 image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IsoError {
+    /// No primary volume descriptor.
+    #[error("not an ISO 9660 image: no primary volume descriptor")]
+    NotIso,
+    /// A logical block size that is not a power of two in 512..=2048.
+    #[error("unsupported logical block size {0}")]
+    BlockSize(usize),
+    /// The volume descriptor's root directory record cannot be parsed.
+    #[error("malformed root directory record")]
+    BadRoot,
+    /// An extent that lies (partly) outside the image.
+    #[error("extent at block {lba} ({len} bytes) lies outside the image")]
+    OutsideImage {
+        /// Its first logical block.
+        lba: u32,
+        /// Its length in bytes.
+        len: u32,
+    },
+    /// Directories nested deeper than [`MAX_DEPTH`].
+    #[error("directories nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// More than [`MAX_DIR_BYTES`] of directories scanned.
+    #[error("too much directory data (a directory loop?)")]
+    TooMuchDirectoryData,
+    /// More than [`MAX_ENTRIES`] directory records.
+    #[error("more than {MAX_ENTRIES} directory records")]
+    TooManyRecords,
+    /// A record longer than what is left of its directory.
+    #[error("directory record runs past its directory")]
+    RecordOverrun,
+    /// A record too short for its fields.
+    #[error("malformed directory record")]
+    BadRecord,
+    /// A file in several extents.
+    #[error("multi-extent files are not supported")]
+    MultiExtent,
+    /// A name that is empty, `.`, `..` or has a `/` or NUL.
+    #[error("unusable file name {0:?}")]
+    BadName(String),
+    /// A relocated directory whose `.` record cannot be read.
+    #[error("malformed relocated directory")]
+    BadRelocated,
+    /// More than [`MAX_FILE_BYTES`] of files copied.
+    #[error("too much file data")]
+    TooMuchFileData,
+    /// More than [`MAX_SUSP_ENTRIES`] SUSP entries.
+    #[error("more than {MAX_SUSP_ENTRIES} SUSP entries")]
+    TooManySuspEntries,
+}
+
 /// `len` bytes of `b` from `start`, or `None` when any of it lies outside.
 fn slice(b: &[u8], start: usize, len: usize) -> Option<&[u8]> {
     b.get(start..start.checked_add(len)?)
@@ -92,8 +144,8 @@ pub fn volume_label(img: &[u8]) -> Option<String> {
 /// Every regular file of the image, as (`path/relative/to/root`, contents), in directory order.
 ///
 /// Directories themselves (and so empty ones) are not listed. Errors say what is malformed.
-pub fn list_files(img: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let pvd = primary(img).ok_or("not an ISO 9660 image: no primary volume descriptor")?;
+pub fn list_files(img: &[u8]) -> Result<Vec<(String, Vec<u8>)>, IsoError> {
+    let pvd = primary(img).ok_or(IsoError::NotIso)?;
     let plain = walk(img, pvd, Names::RockRidge)?;
     if plain.rock_ridge_seen {
         return Ok(plain.out);
@@ -176,14 +228,14 @@ struct Walker<'a> {
 }
 
 /// Walks the tree whose root directory record is in the volume descriptor `desc`.
-fn walk<'a>(img: &'a [u8], desc: &'a [u8], names: Names) -> Result<Walker<'a>, String> {
+fn walk<'a>(img: &'a [u8], desc: &'a [u8], names: Names) -> Result<Walker<'a>, IsoError> {
     let block = usize::from(le16(desc, 128).unwrap_or(0));
     if !block.is_power_of_two() || !(512..=SECTOR).contains(&block) {
-        return Err(format!("unsupported logical block size {block}"));
+        return Err(IsoError::BlockSize(block));
     }
     let root = slice(desc, 156, 34)
         .and_then(parse_record)
-        .ok_or("malformed root directory record")?;
+        .ok_or(IsoError::BadRoot)?;
     let mut w = Walker {
         img,
         block,
@@ -218,24 +270,24 @@ fn walk<'a>(img: &'a [u8], desc: &'a [u8], names: Names) -> Result<Walker<'a>, S
 
 impl<'a> Walker<'a> {
     /// The bytes of the extent starting at block `lba`, `len` bytes long.
-    fn extent(&self, lba: u32, len: u32) -> Result<&'a [u8], String> {
+    fn extent(&self, lba: u32, len: u32) -> Result<&'a [u8], IsoError> {
         let img: &'a [u8] = self.img;
         (lba as usize)
             .checked_mul(self.block)
             .and_then(|start| slice(img, start, len as usize))
-            .ok_or_else(|| format!("extent at block {lba} ({len} bytes) lies outside the image"))
+            .ok_or(IsoError::OutsideImage { lba, len })
     }
 
     /// Lists the directory whose extent is at `lba`, recursively; `prefix` is its path with a
     /// trailing `/` (empty for the root).
-    fn walk_dir(&mut self, lba: u32, len: u32, prefix: &str, depth: usize) -> Result<(), String> {
+    fn walk_dir(&mut self, lba: u32, len: u32, prefix: &str, depth: usize) -> Result<(), IsoError> {
         if depth > MAX_DEPTH {
-            return Err(format!("directories nested deeper than {MAX_DEPTH} levels"));
+            return Err(IsoError::TooDeep);
         }
         let data = self.extent(lba, len)?;
         self.dir_bytes += u64::from(len);
         if self.dir_bytes > MAX_DIR_BYTES {
-            return Err("too much directory data (a directory loop?)".to_string());
+            return Err(IsoError::TooMuchDirectoryData);
         }
         // Absolute offset of the extent (checked by `extent`).
         let base = lba as usize * self.block;
@@ -250,17 +302,16 @@ impl<'a> Walker<'a> {
             }
             self.entries += 1;
             if self.entries > MAX_ENTRIES {
-                return Err(format!("more than {MAX_ENTRIES} directory records"));
+                return Err(IsoError::TooManyRecords);
             }
-            let raw =
-                slice(data, pos, rec_len).ok_or("directory record runs past its directory")?;
+            let raw = slice(data, pos, rec_len).ok_or(IsoError::RecordOverrun)?;
             pos += rec_len;
-            let rec = parse_record(raw).ok_or("malformed directory record")?;
+            let rec = parse_record(raw).ok_or(IsoError::BadRecord)?;
             if matches!(rec.name, [0] | [1]) || rec.flags & FLAG_ASSOCIATED != 0 {
                 continue; // "." and "..", resource forks
             }
             if rec.flags & FLAG_MULTI_EXTENT != 0 {
-                return Err("multi-extent files are not supported".to_string());
+                return Err(IsoError::MultiExtent);
             }
             let rr = match self.names {
                 Names::RockRidge => self.rock_ridge(rec.system_use)?,
@@ -275,7 +326,7 @@ impl<'a> Walker<'a> {
                 None => self.plain_name(rec.name, is_dir),
             };
             if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-                return Err(format!("unusable file name {name:?}"));
+                return Err(IsoError::BadName(name));
             }
             let path = format!("{prefix}{name}");
             if is_dir {
@@ -283,7 +334,7 @@ impl<'a> Walker<'a> {
                     // The relocated directory's own "." record gives its length.
                     Some(child) => {
                         let dot = self.extent(child, 34)?;
-                        let child_len = le32(dot, 10).ok_or("malformed relocated directory")?;
+                        let child_len = le32(dot, 10).ok_or(IsoError::BadRelocated)?;
                         (child, child_len)
                     }
                     None => (rec.extent, rec.len),
@@ -292,7 +343,7 @@ impl<'a> Walker<'a> {
             } else {
                 self.file_bytes += u64::from(rec.len);
                 if self.file_bytes > MAX_FILE_BYTES {
-                    return Err("too much file data".to_string());
+                    return Err(IsoError::TooMuchFileData);
                 }
                 let contents = self.extent(rec.extent, rec.len)?.to_vec();
                 self.out.push((path, contents));
@@ -324,7 +375,7 @@ impl<'a> Walker<'a> {
     }
 
     /// Reads the SUSP entries of a system use area, following `CE` continuation areas.
-    fn rock_ridge(&mut self, system_use: &'a [u8]) -> Result<RockRidge, String> {
+    fn rock_ridge(&mut self, system_use: &'a [u8]) -> Result<RockRidge, IsoError> {
         let mut out = RockRidge::default();
         let mut name: Option<Vec<u8>> = None;
         let mut area: &'a [u8] = system_use.get(self.su_skip..).unwrap_or(&[]);
@@ -343,7 +394,7 @@ impl<'a> Walker<'a> {
                 pos += len;
                 self.susp_entries += 1;
                 if self.susp_entries > MAX_SUSP_ENTRIES {
-                    return Err(format!("more than {MAX_SUSP_ENTRIES} SUSP entries"));
+                    return Err(IsoError::TooManySuspEntries);
                 }
                 match (entry[0], entry[1]) {
                     (b'S', b'T') => break,
@@ -519,7 +570,7 @@ mod tests {
             }
             pos += len;
         }
-        let err = list_files(&img).unwrap_err();
+        let err = list_files(&img).unwrap_err().to_string();
         assert!(
             ["deeper", "records", "directory data", "SUSP"]
                 .iter()

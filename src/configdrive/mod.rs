@@ -16,11 +16,14 @@
 //! - the decompressed size is capped at 64 MiB while decompressing (past it the rest is only
 //!   counted, up to 4 GiB, to report the size), so a gzip bomb cannot exhaust memory.
 
+mod error;
 pub mod iso9660;
 
 use std::io::{self, Cursor, Read, Write};
 
 use crate::errors::AgentError;
+use error::Base64Error;
+pub use error::{DriveError, FetchFailure, RebuildError};
 
 /// `MAX_CONFIG_DRIVE_SIZE_MB`: config drives larger than 64 MiB are refused.
 pub const MAX_CONFIG_DRIVE_SIZE: u64 = 64 << 20;
@@ -67,7 +70,7 @@ pub enum DriveKind {
 pub fn materialise(
     node: &str,
     configdrive: &str,
-    fetch: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+    fetch: &dyn Fn(&str) -> Result<Vec<u8>, FetchFailure>,
 ) -> Result<Vec<u8>, AgentError> {
     let image = if is_http_url(configdrive) {
         let data = fetch(configdrive).map_err(|e| {
@@ -129,7 +132,7 @@ fn from_string(node: &str, configdrive: &str) -> Result<Vec<u8>, AgentError> {
             "string argument should contain only ASCII characters",
         ));
     }
-    let gz = b64decode(configdrive.as_bytes()).map_err(|e| malformed("Error", e.as_str()))?;
+    let gz = b64decode(configdrive.as_bytes()).map_err(|e| malformed("Error", &e.to_string()))?;
     gunzip(node, &gz)
 }
 
@@ -181,7 +184,7 @@ fn sextet(c: u8) -> Option<u8> {
 /// Python's `base64.b64decode(data)` (`binascii.a2b_base64`, not strict): characters outside
 /// the alphabet are skipped, `=` ends the data once it completes a quad (anything after is
 /// ignored), and a last quad that is incomplete is an error with Python's message.
-fn b64decode(data: &[u8]) -> Result<Vec<u8>, String> {
+fn b64decode(data: &[u8]) -> Result<Vec<u8>, Base64Error> {
     let mut out = Vec::with_capacity(data.len() / 4 * 3 + 3);
     let mut quad_pos = 0u8;
     let mut left = 0u8;
@@ -224,11 +227,8 @@ fn b64decode(data: &[u8]) -> Result<Vec<u8>, String> {
     }
     match quad_pos {
         0 => Ok(out),
-        1 => Err(format!(
-            "Invalid base64-encoded string: number of data characters ({}) cannot be 1 more than a multiple of 4",
-            out.len() / 3 * 4 + 1
-        )),
-        _ => Err("Incorrect padding".to_string()),
+        1 => Err(Base64Error::OneTooMany(out.len() / 3 * 4 + 1)),
+        _ => Err(Base64Error::IncorrectPadding),
     }
 }
 
@@ -278,14 +278,15 @@ fn vfat_label(img: &[u8]) -> Option<String> {
 /// Checks, without mounting, that `img` is a usable config drive: an ISO 9660 image labelled
 /// `config-2` (any case) with an `openstack/` or `ec2/` directory, or a vfat image labelled
 /// `config-2` (any case) with one of those directories. The error says what is wrong.
-pub fn check(img: &[u8]) -> Result<(), String> {
+pub fn check(img: &[u8]) -> Result<(), DriveError> {
     match kind(img) {
         DriveKind::Iso9660 => {
             let label = iso9660::volume_label(img).unwrap_or_default();
             if !label.eq_ignore_ascii_case(LABEL) {
-                return Err(format!(
-                    "the ISO 9660 image is labelled {label:?}, not \"{LABEL}\""
-                ));
+                return Err(DriveError::WrongLabel {
+                    kind: "ISO 9660",
+                    label,
+                });
             }
             let files = iso9660::list_files(img)?;
             let has_metadata = files
@@ -294,31 +295,32 @@ pub fn check(img: &[u8]) -> Result<(), String> {
             if has_metadata {
                 Ok(())
             } else {
-                Err("the ISO 9660 image has no openstack/ or ec2/ directory".to_string())
+                Err(DriveError::NoMetadata("ISO 9660"))
             }
         }
         DriveKind::Vfat => {
             let label = vfat_label(img).unwrap_or_default();
             if !label.eq_ignore_ascii_case(LABEL) {
-                return Err(format!(
-                    "the vfat image is labelled {label:?}, not \"{LABEL}\""
-                ));
+                return Err(DriveError::WrongLabel {
+                    kind: "vfat",
+                    label,
+                });
             }
             if vfat_has_metadata(img)? {
                 Ok(())
             } else {
-                Err("the vfat image has no openstack/ or ec2/ directory".to_string())
+                Err(DriveError::NoMetadata("vfat"))
             }
         }
-        DriveKind::Unknown => Err("neither an ISO 9660 nor a vfat image".to_string()),
+        DriveKind::Unknown => Err(DriveError::Unknown),
     }
 }
 
 /// Whether a vfat image has an `openstack` or `ec2` directory (read from a copy: `fatfs` wants
 /// a writable disk).
-fn vfat_has_metadata(img: &[u8]) -> Result<bool, String> {
+fn vfat_has_metadata(img: &[u8]) -> Result<bool, DriveError> {
     let fs = fatfs::FileSystem::new(Cursor::new(img.to_vec()), fatfs::FsOptions::new())
-        .map_err(|e| format!("unreadable vfat image: {e}"))?;
+        .map_err(DriveError::Vfat)?;
     let root = fs.root_dir();
     let found = root.open_dir("openstack").is_ok() || root.open_dir("ec2").is_ok();
     Ok(found)
@@ -331,18 +333,16 @@ fn vfat_has_metadata(img: &[u8]) -> Result<bool, String> {
 /// directories, at least 32 MiB, but never more than `size` (the partition), in whole MiB.
 /// Sectors are 4096 bytes, so the result mounts on 4K-sector disks too. Empty directories of
 /// the ISO are not carried over.
-pub fn rebuild_vfat(iso: &[u8], size: u64) -> Result<Vec<u8>, String> {
+pub fn rebuild_vfat(iso: &[u8], size: u64) -> Result<Vec<u8>, RebuildError> {
     let files = iso9660::list_files(iso)?;
     let payload: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
     let need = payload + payload / 2 + files.len() as u64 * u64::from(VFAT_SECTOR) + MIB;
     let total = need.max(MIN_VFAT).min(size) / MIB * MIB;
     if total < need {
-        return Err(format!(
-            "a partition of {size} bytes is too small for a vfat config drive with {payload} bytes of files"
-        ));
+        return Err(RebuildError::TooSmall { size, payload });
     }
     // A size can be unfortunate for the FAT geometry; a slightly smaller one then does.
-    let mut last_err = String::new();
+    let mut last_err = RebuildError::TooSmall { size, payload };
     for shrink in 0..3 {
         let Some(bytes) = total.checked_sub(shrink * MIB) else {
             break;
@@ -359,20 +359,19 @@ pub fn rebuild_vfat(iso: &[u8], size: u64) -> Result<Vec<u8>, String> {
 }
 
 /// Formats a vfat image of `bytes` bytes and copies `files` into it.
-fn build_vfat(files: &[(String, Vec<u8>)], bytes: u64) -> Result<Vec<u8>, String> {
-    let len = usize::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large"))?;
+fn build_vfat(files: &[(String, Vec<u8>)], bytes: u64) -> Result<Vec<u8>, RebuildError> {
+    let len = usize::try_from(bytes).map_err(|_| RebuildError::TooLarge(bytes))?;
     let mut disk = Cursor::new(vec![0u8; len]);
     let options = fatfs::FormatVolumeOptions::new()
         .bytes_per_sector(VFAT_SECTOR)
         .volume_label(*VFAT_LABEL);
     fatfs::format_volume(&mut disk, options)
-        .map_err(|e| format!("cannot format a {bytes}-byte vfat image: {e}"))?;
+        .map_err(|source| RebuildError::Format { bytes, source })?;
     disk.set_position(0);
-    let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new())
-        .map_err(|e| format!("cannot open the new vfat image: {e}"))?;
+    let fs =
+        fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new()).map_err(RebuildError::Open)?;
     copy_files(&fs, files)?;
-    fs.unmount()
-        .map_err(|e| format!("cannot finish the vfat image: {e}"))?;
+    fs.unmount().map_err(RebuildError::Finish)?;
     Ok(disk.into_inner())
 }
 
@@ -380,10 +379,13 @@ fn build_vfat(files: &[(String, Vec<u8>)], bytes: u64) -> Result<Vec<u8>, String
 fn copy_files<T: fatfs::ReadWriteSeek>(
     fs: &fatfs::FileSystem<T>,
     files: &[(String, Vec<u8>)],
-) -> Result<(), String> {
+) -> Result<(), RebuildError> {
     let root = fs.root_dir();
     for (path, data) in files {
-        let failed = |e: io::Error| format!("cannot write {path} into the vfat image: {e}");
+        let failed = |source: io::Error| RebuildError::Write {
+            path: path.clone(),
+            source,
+        };
         for (i, _) in path.match_indices('/') {
             root.create_dir(&path[..i]).map_err(failed)?;
         }
@@ -405,12 +407,12 @@ mod tests {
     /// The same image, gzipped and base64-encoded, as Ironic sends it.
     const B64: &str = include_str!("../../tests/data/configdrive.b64");
 
-    fn no_fetch(url: &str) -> Result<Vec<u8>, String> {
+    fn no_fetch(url: &str) -> Result<Vec<u8>, FetchFailure> {
         panic!("unexpected fetch of {url}")
     }
 
-    fn serving(body: Vec<u8>) -> impl Fn(&str) -> Result<Vec<u8>, String> {
-        move |_: &str| -> Result<Vec<u8>, String> { Ok(body.clone()) }
+    fn serving(body: Vec<u8>) -> impl Fn(&str) -> Result<Vec<u8>, FetchFailure> {
+        move |_: &str| -> Result<Vec<u8>, FetchFailure> { Ok(body.clone()) }
     }
 
     fn details(e: AgentError) -> String {
@@ -479,15 +481,24 @@ mod tests {
         assert_eq!(b64decode(b"YWJjZA==garbage!!").unwrap(), b"abcd");
         assert_eq!(b64decode(b"YR==").unwrap(), b"a");
         assert_eq!(b64decode(b"").unwrap(), b"");
-        assert_eq!(b64decode(b"YWJjZA").unwrap_err(), "Incorrect padding");
-        assert_eq!(b64decode(b"YQ=").unwrap_err(), "Incorrect padding");
-        assert_eq!(b64decode(b"ab=c").unwrap_err(), "Incorrect padding");
         assert_eq!(
-            b64decode(b"YWJj====x").unwrap_err(),
+            b64decode(b"YWJjZA").unwrap_err().to_string(),
+            "Incorrect padding"
+        );
+        assert_eq!(
+            b64decode(b"YQ=").unwrap_err().to_string(),
+            "Incorrect padding"
+        );
+        assert_eq!(
+            b64decode(b"ab=c").unwrap_err().to_string(),
+            "Incorrect padding"
+        );
+        assert_eq!(
+            b64decode(b"YWJj====x").unwrap_err().to_string(),
             "Invalid base64-encoded string: number of data characters (5) cannot be 1 more than a multiple of 4"
         );
         assert_eq!(
-            b64decode(b"Y").unwrap_err(),
+            b64decode(b"Y").unwrap_err().to_string(),
             "Invalid base64-encoded string: number of data characters (1) cannot be 1 more than a multiple of 4"
         );
     }
@@ -532,7 +543,8 @@ mod tests {
 
     #[test]
     fn url_that_cannot_be_fetched() {
-        let refuse = |_: &str| -> Result<Vec<u8>, String> { Err("connection refused".to_string()) };
+        let refuse =
+            |_: &str| -> Result<Vec<u8>, FetchFailure> { Err("connection refused".into()) };
         let e = details(materialise("n", "http://h/cd", &refuse).unwrap_err());
         assert_eq!(
             e,
@@ -543,7 +555,7 @@ mod tests {
     #[test]
     fn kind_and_check_of_the_fixture() {
         assert_eq!(kind(ISO), DriveKind::Iso9660);
-        assert_eq!(check(ISO), Ok(()));
+        check(ISO).unwrap();
         assert_eq!(kind(&[0u8; 40000]), DriveKind::Unknown);
         assert!(check(&[0u8; 40000]).is_err());
         assert!(check(&[]).is_err());
@@ -551,10 +563,10 @@ mod tests {
         // The label is compared case-insensitively; another label is refused.
         let mut upper = ISO.to_vec();
         upper[32768 + 40..32768 + 48].copy_from_slice(b"CONFIG-2");
-        assert_eq!(check(&upper), Ok(()));
+        assert!(check(&upper).is_ok());
         let mut other = ISO.to_vec();
         other[32768 + 40..32768 + 48].copy_from_slice(b"cidata  ");
-        let e = check(&other).unwrap_err();
+        let e = check(&other).unwrap_err().to_string();
         assert!(e.contains("cidata"), "{e}");
     }
 
@@ -563,7 +575,7 @@ mod tests {
         let img = rebuild_vfat(ISO, 64 * MIB).unwrap();
         assert_eq!(img.len() as u64, MIN_VFAT);
         assert_eq!(kind(&img), DriveKind::Vfat);
-        assert_eq!(check(&img), Ok(()));
+        check(&img).unwrap();
 
         let fs = fatfs::FileSystem::new(Cursor::new(img), fatfs::FsOptions::new()).unwrap();
         assert_eq!(fs.volume_label(), "CONFIG-2");
@@ -590,7 +602,7 @@ mod tests {
     fn rebuild_fits_the_partition() {
         let img = rebuild_vfat(ISO, 8 * MIB + 12345).unwrap();
         assert_eq!(img.len() as u64, 8 * MIB);
-        assert_eq!(check(&img), Ok(()));
+        check(&img).unwrap();
         assert!(rebuild_vfat(ISO, MIB).is_err());
         assert!(rebuild_vfat(b"not an iso", 64 * MIB).is_err());
     }

@@ -30,7 +30,9 @@ pub fn materialise(
     cfg: &FetchConfig,
 ) -> Result<Vec<u8>, AgentError> {
     let limit = configdrive::MAX_CONFIG_DRIVE_SIZE as usize * 2;
-    configdrive::materialise(node, configdrive, &|url: &str| fetch_bytes(url, cfg, limit))
+    configdrive::materialise(node, configdrive, &|url: &str| {
+        fetch_bytes(url, cfg, limit).map_err(Into::into)
+    })
 }
 
 /// Writes a config drive (already decoded by [`materialise`], so a bad one fails before the

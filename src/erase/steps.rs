@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use super::ata::{self, CommandRunner, SystemRunner};
 use super::device::{open_read, DeviceInfo, Disk};
-use super::error::EraseError;
+use super::error::{DeviceError, EraseError};
 use super::kernel::{self, QueueLimits};
 use super::metadata;
 use super::nvme::{self, NvmeAdmin, NvmeDevice};
@@ -96,10 +96,34 @@ fn skip_reason(s: &Survey, ro_skips: bool) -> Option<SkipReason> {
     }
 }
 
+/// Why claiming or metadata-erasing one device failed; the erase steps gather these into
+/// one `BlockDeviceEraseError`, so the texts are IPA's.
+#[derive(Debug, thiserror::Error)]
+enum DeviceFailure {
+    /// A safety check refused the device.
+    #[error("Refusing to erase: {0}")]
+    Refused(#[source] safety::Refusal),
+    /// A system call on the device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The secure erase failed, then so did the metadata erase it fell back to.
+    #[error(
+        "Secure erase failed: {}. Fallback to metadata erase also failed: {metadata}.",
+        secure.details()
+    )]
+    Fallback {
+        /// The secure erase's failure.
+        secure: EraseError,
+        /// The metadata erase's failure.
+        #[source]
+        metadata: Box<DeviceFailure>,
+    },
+}
+
 /// The safety refusals, then the exclusive handle.
-fn claim(s: &Survey) -> Result<Disk, String> {
-    safety::check_not_in_use(&s.info).map_err(|r| format!("Refusing to erase: {r}"))?;
-    Disk::open(&s.info).map_err(|e| e.to_string())
+fn claim(s: &Survey) -> Result<Disk, DeviceFailure> {
+    safety::check_not_in_use(&s.info).map_err(DeviceFailure::Refused)?;
+    Ok(Disk::open(&s.info)?)
 }
 
 /// Runs `f` over `0..n` on up to `concurrency` threads; results in index order.
@@ -183,7 +207,7 @@ fn erase_surveyed(
             s.name
         )));
     }
-    let disk = claim(s).map_err(EraseError::BlockDeviceErase)?;
+    let disk = claim(s).map_err(|e| EraseError::BlockDeviceErase(e.to_string()))?;
     match secure_erase(&s.info, &s.name, opts, tools) {
         Ok(Some(m)) => return Ok(m),
         Ok(None) => {}
@@ -250,10 +274,17 @@ fn secure_erase(
 }
 
 /// The metadata erase of one claimed device, reading its partitions under the claim.
-fn wipe_metadata(disk: &Disk, progress: &EraseProgress) -> Result<metadata::WipeReport, String> {
+fn wipe_metadata(
+    disk: &Disk,
+    progress: &EraseProgress,
+) -> Result<metadata::WipeReport, DeviceFailure> {
     let kparts = kernel::kernel_partitions(&disk.info.sysfs);
     let parts: Vec<Partition> = parts::all_partitions(&disk.file, disk.sector, disk.size, &kparts);
-    metadata::destroy_disk_metadata(disk, &parts, &progress.cancel).map_err(|e| e.to_string())
+    Ok(metadata::destroy_disk_metadata(
+        disk,
+        &parts,
+        &progress.cancel,
+    )?)
 }
 
 /// IPA's `erase_devices_metadata`. Errors of single devices are gathered into one
@@ -333,7 +364,7 @@ fn express_one(
     opts: &EraseOptions,
     progress: &EraseProgress,
     tools: &Tools,
-) -> Result<(), String> {
+) -> Result<(), DeviceFailure> {
     let disk = claim(s)?;
     let mut secure_error = None;
     if s.info.is_nvme() && opts.enable_nvme_secure_erase {
@@ -342,7 +373,7 @@ fn express_one(
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(device = %s.name, error = %e, "secure erase failed, falling back to metadata clean");
-                secure_error = Some(e.details());
+                secure_error = Some(e);
             }
         }
     } else if opts.express_zeroout && QueueLimits::read(&s.info.sysfs).discard_zeroes() {
@@ -354,9 +385,10 @@ fn express_one(
     wipe_metadata(&disk, progress)
         .map(|_| ())
         .map_err(|e| match secure_error {
-            Some(se) => {
-                format!("Secure erase failed: {se}. Fallback to metadata erase also failed: {e}.")
-            }
+            Some(secure) => DeviceFailure::Fallback {
+                secure,
+                metadata: Box::new(e),
+            },
             None => e,
         })
 }

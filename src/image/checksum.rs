@@ -66,19 +66,16 @@ impl Algorithm {
     /// IPA's rule for a bare checksum: 128 hex → sha512, 64 → sha256, 32 → md5 (if enabled).
     ///
     /// The error text is IPA's `ValueError` message.
-    pub fn from_hex_len(value: &str, md5_enabled: bool) -> std::result::Result<Self, String> {
+    pub fn from_hex_len(
+        value: &str,
+        md5_enabled: bool,
+    ) -> std::result::Result<Self, UnknownAlgorithm> {
         match value.trim().len() {
             128 => Ok(Algorithm::Sha512),
             64 => Ok(Algorithm::Sha256),
             32 if md5_enabled => Ok(Algorithm::Md5),
-            32 => Err(
-                "MD5 support is disabled, and support will be removed in a 2024 version of Ironic."
-                    .to_string(),
-            ),
-            n => Err(format!(
-                "Unable to identify checksum algorithm: a checksum of {n} characters is not \
-                 md5 (32), sha256 (64) or sha512 (128)"
-            )),
+            32 => Err(UnknownAlgorithm::Md5Disabled),
+            n => Err(UnknownAlgorithm::Length(n)),
         }
     }
 
@@ -124,6 +121,20 @@ impl fmt::Display for Algorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Why a bare checksum's algorithm cannot be told from its length (IPA's `ValueError` texts).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnknownAlgorithm {
+    /// 32 hex digits, but MD5 is not enabled.
+    #[error("MD5 support is disabled, and support will be removed in a 2024 version of Ironic.")]
+    Md5Disabled,
+    /// A length that is none of md5's, sha256's or sha512's.
+    #[error(
+        "Unable to identify checksum algorithm: a checksum of {0} characters is not md5 (32), \
+         sha256 (64) or sha512 (128)"
+    )]
+    Length(usize),
 }
 
 /// A running digest over the bytes of an image.
@@ -357,6 +368,7 @@ mod tests {
         );
         assert!(Algorithm::from_hex_len(&"a".repeat(32), false)
             .unwrap_err()
+            .to_string()
             .starts_with("MD5 support is disabled"));
         assert!(Algorithm::from_hex_len("abc", true).is_err());
     }

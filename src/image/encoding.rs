@@ -21,6 +21,20 @@ use reqwest::header::{HeaderMap, CONTENT_ENCODING};
 /// ratio is bounded by 1032:1).
 const SLICE: usize = 4096;
 
+/// A `Content-Encoding` rivet does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsupportedEncoding {
+    /// The header is not visible ASCII.
+    #[error("an unreadable Content-Encoding")]
+    Unreadable,
+    /// A coding (or a stack of them) other than one gzip or deflate.
+    #[error(
+        "the server sent Content-Encoding: {0} although rivet asked for identity; only gzip \
+         and deflate are decoded"
+    )]
+    Coding(String),
+}
+
 /// How a body is decoded.
 pub enum Decoding {
     /// Sent as stored.
@@ -34,12 +48,10 @@ pub enum Decoding {
 impl Decoding {
     /// The decoding a response's `Content-Encoding` asks for; `Err` names a coding rivet does
     /// not decode.
-    pub fn for_response(h: &HeaderMap) -> Result<Decoding, String> {
+    pub fn for_response(h: &HeaderMap) -> Result<Decoding, UnsupportedEncoding> {
         let mut codings = Vec::new();
         for v in h.get_all(CONTENT_ENCODING) {
-            let v = v
-                .to_str()
-                .map_err(|_| "an unreadable Content-Encoding".to_string())?;
+            let v = v.to_str().map_err(|_| UnsupportedEncoding::Unreadable)?;
             codings.extend(
                 v.split(',')
                     .map(|c| c.trim().to_ascii_lowercase())
@@ -54,11 +66,7 @@ impl Decoding {
             [one] if one == "deflate" => {
                 Ok(Decoding::Deflate(Box::new(ZlibDecoder::new(Vec::new()))))
             }
-            other => Err(format!(
-                "the server sent Content-Encoding: {} although rivet asked for identity; only \
-                 gzip and deflate are decoded",
-                other.join(", ")
-            )),
+            other => Err(UnsupportedEncoding::Coding(other.join(", "))),
         }
     }
 
@@ -208,7 +216,7 @@ mod tests {
             .unwrap()
             .is_identity());
         let e = Decoding::for_response(&headers("br")).err().unwrap();
-        assert!(e.contains("Content-Encoding: br"), "{e}");
+        assert!(e.to_string().contains("Content-Encoding: br"), "{e}");
         assert!(Decoding::for_response(&headers("gzip, gzip")).is_err());
     }
 }

@@ -22,8 +22,8 @@ use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::StatusCode;
 
-pub use super::http::fetch_bytes;
 use super::http::{auth_header, build_client, error_chain, read_body, BodyError};
+pub use super::http::{fetch_bytes, ClientError, FetchError};
 use super::info::ImageInfo;
 use crate::errors::{AgentError, Result};
 use stream::Cursor;
@@ -273,6 +273,7 @@ impl ImageDownload {
             Err(BodyError::Transport(e)) => {
                 Err(Failure::Retry(format!("Error reading {url}: {e}")))
             }
+            Err(BodyError::Encoding(e)) => Err(Failure::Retry(format!("Error reading {url}: {e}"))),
         }
     }
 

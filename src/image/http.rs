@@ -190,6 +190,8 @@ pub(crate) enum BodyError {
     Deadline,
     /// The connection failed.
     Transport(String),
+    /// The server encoded the body in a way rivet does not decode.
+    Encoding(super::encoding::UnsupportedEncoding),
 }
 
 /// Reads a whole body of at most `limit` bytes (a checksum file, a config drive), refusing a
@@ -209,7 +211,7 @@ pub(crate) async fn read_body(
         return Err(BodyError::TooLarge(limit));
     }
     let mut decoding =
-        super::encoding::Decoding::for_response(resp.headers()).map_err(BodyError::Transport)?;
+        super::encoding::Decoding::for_response(resp.headers()).map_err(BodyError::Encoding)?;
     let mut out = Vec::new();
     let mut body = resp.bytes_stream();
     let mut keep = |b: bytes::Bytes| {
@@ -242,6 +244,41 @@ pub(crate) async fn read_body(
     Ok(out)
 }
 
+/// Why [`fetch_bytes`] got no body.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The HTTP client could not be made from the TLS settings.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The async runtime could not be started.
+    #[error("{0}")]
+    Runtime(#[source] std::io::Error),
+    /// `image_download_max_duration` (seconds) passed.
+    #[error("exceeded image_download_max_duration ({0} seconds)")]
+    OverDeadline(u64),
+    /// No answer within `connection_timeout`.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The request failed (the message has the whole chain of causes).
+    #[error("{}", error_chain(.0))]
+    Request(#[source] reqwest::Error),
+    /// An HTTP status of 400 or more.
+    #[error("Got HTTP code {0} instead of 200 in response to GET request.")]
+    Status(u16),
+    /// The body is larger than the limit.
+    #[error("larger than {0} bytes")]
+    TooLarge(usize),
+    /// No data for this long while reading the body.
+    #[error("timed out reading the body (no data for {0:?})")]
+    Stalled(Duration),
+    /// Reading the body failed.
+    #[error("{0}")]
+    Body(String),
+    /// The body is encoded in a way rivet does not decode.
+    #[error(transparent)]
+    Encoding(super::encoding::UnsupportedEncoding),
+}
+
 /// Fetches a small resource whole (a config drive given by URL): the TLS settings apply, but
 /// no proxies and no image auth, as IPA does; at most `limit` bytes are accepted. The wait for
 /// each read is bounded by `connection_timeout`, the whole by `cfg`'s max duration.
@@ -249,42 +286,35 @@ pub fn fetch_bytes(
     url: &str,
     cfg: &FetchConfig,
     limit: usize,
-) -> std::result::Result<Vec<u8>, String> {
+) -> std::result::Result<Vec<u8>, FetchError> {
     let cfg = cfg.starting_now();
-    let client = build_client(&cfg, &Default::default(), None).map_err(|e| e.to_string())?;
+    let client = build_client(&cfg, &Default::default(), None)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
-    let over = || {
-        format!(
-            "exceeded image_download_max_duration ({} seconds)",
-            cfg.max_duration.map(|d| d.as_secs()).unwrap_or(0)
-        )
-    };
+        .map_err(FetchError::Runtime)?;
+    let over = || FetchError::OverDeadline(cfg.max_duration.map(|d| d.as_secs()).unwrap_or(0));
     rt.block_on(async {
         let wait = cfg
             .time_left()
             .map_or(cfg.connection_timeout, |l| l.min(cfg.connection_timeout));
         let resp = match tokio::time::timeout(wait, client.get(url).send()).await {
             Err(_) if cfg.time_left() == Some(Duration::ZERO) => return Err(over()),
-            Err(_) => return Err(format!("timed out after {:?}", cfg.connection_timeout)),
-            Ok(r) => r.map_err(|e| error_chain(&e))?,
+            Err(_) => return Err(FetchError::TimedOut(cfg.connection_timeout)),
+            Ok(r) => r.map_err(FetchError::Request)?,
         };
         let status = resp.status();
         if status.as_u16() >= 400 {
-            return Err(format!(
-                "Got HTTP code {} instead of 200 in response to GET request.",
-                status.as_u16()
-            ));
+            return Err(FetchError::Status(status.as_u16()));
         }
         read_body(resp, limit, cfg.connection_timeout, cfg.deadline)
             .await
             .map_err(|e| match e {
-                BodyError::TooLarge(n) => format!("larger than {n} bytes"),
-                BodyError::Stalled(d) => format!("timed out reading the body (no data for {d:?})"),
+                BodyError::TooLarge(n) => FetchError::TooLarge(n),
+                BodyError::Stalled(d) => FetchError::Stalled(d),
                 BodyError::Deadline => over(),
-                BodyError::Transport(t) => t,
+                BodyError::Transport(t) => FetchError::Body(t),
+                BodyError::Encoding(e) => FetchError::Encoding(e),
             })
     })
 }

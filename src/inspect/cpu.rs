@@ -5,14 +5,18 @@
 use std::collections::BTreeSet;
 
 use super::dmi;
+use super::error::CollectError;
 use super::machine::Machine;
 use super::model::{Cpu, Memory};
 
 /// The CPU summary. Fails only when `/proc/cpuinfo` cannot be read (IPA fails when `lscpu`
 /// does).
-pub(crate) fn cpu(m: &Machine) -> Result<Cpu, String> {
-    let text = std::fs::read_to_string(m.path("/proc/cpuinfo"))
-        .map_err(|e| format!("cannot read /proc/cpuinfo: {e}"))?;
+pub(crate) fn cpu(m: &Machine) -> Result<Cpu, CollectError> {
+    let text =
+        std::fs::read_to_string(m.path("/proc/cpuinfo")).map_err(|source| CollectError::Read {
+            file: "/proc/cpuinfo",
+            source,
+        })?;
     let sections: Vec<Vec<(String, String)>> = text
         .split("\n\n")
         .filter(|s| !s.trim().is_empty())
@@ -110,9 +114,12 @@ fn sockets(m: &Machine, sections: &[Vec<(String, String)>], count: u64) -> u64 {
 /// `total`: `MemTotal` in bytes (psutil's total); `physical_mb`: the installed memory in MiB
 /// (lshw's sum of the SMBIOS memory devices, else the memory blocks the kernel manages,
 /// else `MemTotal`).
-pub(crate) fn memory(m: &Machine) -> Result<Memory, String> {
-    let meminfo = std::fs::read_to_string(m.path("/proc/meminfo"))
-        .map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
+pub(crate) fn memory(m: &Machine) -> Result<Memory, CollectError> {
+    let meminfo =
+        std::fs::read_to_string(m.path("/proc/meminfo")).map_err(|source| CollectError::Read {
+            file: "/proc/meminfo",
+            source,
+        })?;
     let total = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))

@@ -19,6 +19,7 @@ pub mod callback;
 mod cpu;
 mod disks;
 mod dmi;
+mod error;
 mod lldp;
 pub mod machine;
 pub mod model;
@@ -86,7 +87,7 @@ pub fn inventory(
     lldp: Option<&model::LldpMap>,
     failures: &mut Vec<String>,
 ) -> (Inventory, Option<Disk>) {
-    let mut fail = |what: &str, e: String| failures.push(format!("{what}: {e}"));
+    let mut fail = |what: &str, e: error::CollectError| failures.push(format!("{what}: {e}"));
     let interfaces = net::interfaces(m, lldp).unwrap_or_else(|e| {
         fail("network interfaces", e);
         vec![]

@@ -9,14 +9,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use super::error::CollectError;
 use super::machine::{non_empty, IfAddr, Machine};
 use super::model::{Interface, LldpMap};
 use crate::system::netif::{list_interfaces, Selection};
 
 /// The interfaces of `m`. `lldp`: the LLDP data collected for them, when LLDP is on.
-pub(crate) fn interfaces(m: &Machine, lldp: Option<&LldpMap>) -> Result<Vec<Interface>, String> {
-    let names =
-        list_interfaces(&m.path("/sys/class/net"), Selection::Ipa).map_err(|e| e.to_string())?;
+pub(crate) fn interfaces(
+    m: &Machine,
+    lldp: Option<&LldpMap>,
+) -> Result<Vec<Interface>, CollectError> {
+    let names = list_interfaces(&m.path("/sys/class/net"), Selection::Ipa)?;
     let addrs = m.if_addrs();
     let mut out = Vec::new();
     for name in names {

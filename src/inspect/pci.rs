@@ -2,13 +2,16 @@
 //! revision and NUMA node, the hex values without their `0x` (IPA 13's
 //! `collect_pci_devices_info`).
 
+use super::error::CollectError;
 use super::machine::Machine;
 use super::model::PciDevice;
 
 /// The PCI devices; an error when the directory cannot be listed.
-pub(crate) fn devices(m: &Machine) -> Result<Vec<PciDevice>, String> {
+pub(crate) fn devices(m: &Machine) -> Result<Vec<PciDevice>, CollectError> {
     let dir = m.path("/sys/bus/pci/devices");
-    std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Err(source) = std::fs::read_dir(&dir) {
+        return Err(CollectError::List { dir, source });
+    }
     let mut out = Vec::new();
     for bus in m.list("/sys/bus/pci/devices") {
         let base = format!("/sys/bus/pci/devices/{bus}");
