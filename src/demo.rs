@@ -41,8 +41,8 @@ pub fn sample_image(path: &Path, size: u64, seed: u64) -> std::io::Result<()> {
         }
         f.write_all_at(&block, i * MIB)?;
     }
-    let mut gpt = gptman::GPT::new_from(&mut f, 512, guid(&mut state))
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut gpt =
+        gptman::GPT::new_from(&mut f, 512, guid(&mut state)).map_err(std::io::Error::other)?;
     let last = gpt.header.last_usable_lba;
     gpt[1] = gptman::GPTPartitionEntry {
         // Linux filesystem data
@@ -56,10 +56,8 @@ pub fn sample_image(path: &Path, size: u64, seed: u64) -> std::io::Result<()> {
         attribute_bits: 0,
         partition_name: "root".into(),
     };
-    gpt.write_into(&mut f)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    gptman::GPT::write_protective_mbr_into(&mut f, 512)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    gpt.write_into(&mut f).map_err(std::io::Error::other)?;
+    gptman::GPT::write_protective_mbr_into(&mut f, 512).map_err(std::io::Error::other)?;
     // A disk signature, so `root uuid` has something to report.
     state = xorshift(state);
     f.write_all_at(&(state as u32).to_le_bytes(), 440)?;

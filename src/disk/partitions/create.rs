@@ -47,13 +47,12 @@ pub fn write_new_table(
     let zeros = vec![0u8; MIB as usize];
     disk.write_all_at(&zeros, 0)?;
     disk.write_all_at(&zeros, len - MIB)?;
-    let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
     if gpt {
         let mut g = gptman::GPT::new_from(&mut f, ss, *uuid::Uuid::new_v4().as_bytes())
-            .map_err(|e| other(&e))?;
+            .map_err(io::Error::other)?;
         let mut ids = Vec::new();
         for p in parts {
-            let ty: uuid::Uuid = p.kind.gpt_type().parse().map_err(|e| other(&e))?;
+            let ty: uuid::Uuid = p.kind.gpt_type().parse().map_err(io::Error::other)?;
             g[p.number] = gptman::GPTPartitionEntry {
                 partition_type_guid: uuid_to_guid(&ty),
                 unique_partition_guid: uuid_to_guid(&uuid::Uuid::new_v4()),
@@ -64,12 +63,12 @@ pub fn write_new_table(
             };
             ids.push(Some(guid_string(&g[p.number].unique_partition_guid)));
         }
-        g.write_into(&mut f).map_err(|e| other(&e))?;
-        gptman::GPT::write_protective_mbr_into(&mut f, ss).map_err(|e| other(&e))?;
+        g.write_into(&mut f).map_err(io::Error::other)?;
+        gptman::GPT::write_protective_mbr_into(&mut f, ss).map_err(io::Error::other)?;
         f.sync_data()?;
         Ok(ids)
     } else {
-        let mut m = mbrman::MBR::new_from(&mut f, 512, *b"rivt").map_err(|e| other(&e))?;
+        let mut m = mbrman::MBR::new_from(&mut f, 512, *b"rivt").map_err(io::Error::other)?;
         for p in parts {
             m[p.number as usize] = mbrman::MBRPartitionEntry {
                 boot: if p.bootable {
@@ -80,11 +79,11 @@ pub fn write_new_table(
                 first_chs: mbrman::CHS::empty(),
                 sys: p.kind.mbr_type(),
                 last_chs: mbrman::CHS::empty(),
-                starting_lba: u32::try_from(p.start / 512).map_err(|e| other(&e))?,
-                sectors: u32::try_from(p.size / 512).map_err(|e| other(&e))?,
+                starting_lba: u32::try_from(p.start / 512).map_err(io::Error::other)?,
+                sectors: u32::try_from(p.size / 512).map_err(io::Error::other)?,
             };
         }
-        m.write_into(&mut f).map_err(|e| other(&e))?;
+        m.write_into(&mut f).map_err(io::Error::other)?;
         f.sync_data()?;
         Ok(vec![None; parts.len()])
     }

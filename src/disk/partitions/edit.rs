@@ -79,8 +79,7 @@ pub fn add_end_in<F: Read + Write + Seek>(f: &mut F, size: u64) -> Result<Part, 
                 attribute_bits: 0,
                 partition_name: "config-2".into(),
             };
-            gpt.write_into(f)
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            gpt.write_into(f).map_err(io::Error::other)?;
             Ok(Part {
                 number: n,
                 start: start * ss,
@@ -134,8 +133,7 @@ pub fn add_end_in<F: Read + Write + Seek>(f: &mut F, size: u64) -> Result<Part, 
                 starting_lba: s32,
                 sectors: len32,
             };
-            mbr.write_into(f)
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            mbr.write_into(f).map_err(io::Error::other)?;
             Ok(Part {
                 number: n as u32,
                 start: start * 512,
