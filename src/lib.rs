@@ -16,11 +16,13 @@
 //! - [`system`]: what `system.lockdown` does to the machine (network interfaces down);
 //! - [`inspect`]: the hardware inventory and the inspection POST before lookup.
 
+#![warn(unreachable_pub)]
+
 pub mod agent;
 pub mod boot;
 pub mod cli;
 pub mod config;
-pub(crate) mod configdrive;
+pub mod configdrive;
 pub mod demo;
 pub mod deploy;
 pub mod disk;

@@ -2,6 +2,6 @@
 //! while it streams, and qemu-img for the rest.
 
 pub mod compress;
-pub mod convert;
+pub(crate) mod convert;
 pub mod inspect;
 pub mod qcow2;
