@@ -8,7 +8,7 @@ use std::process::Command;
 /// A tool that could not be started or exited non-zero.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{cmd} failed with exit code {rc}. stdout: {stdout}. stderr: {stderr}")]
-pub struct ToolFailure {
+pub(crate) struct ToolFailure {
     /// The program.
     pub cmd: String,
     /// Its exit code; -1 when it could not be started or was killed by a signal.
@@ -21,7 +21,7 @@ pub struct ToolFailure {
 
 impl ToolFailure {
     /// IPA's `ImageWriteError` for a tool that failed on `device`.
-    pub fn image_write(&self, device: &std::path::Path) -> crate::errors::AgentError {
+    pub(crate) fn image_write(&self, device: &std::path::Path) -> crate::errors::AgentError {
         crate::errors::AgentError::ImageWrite(format!(
             "Writing image to device {} failed with exit code {}. stdout: {}. stderr: {}",
             device.display(),
@@ -33,13 +33,13 @@ impl ToolFailure {
 }
 
 /// Runs `cmd` with `args` (stdin closed, `LC_ALL=C`) and returns its stdout.
-pub fn run<S: AsRef<OsStr>>(cmd: &str, args: &[S]) -> Result<String, ToolFailure> {
+pub(crate) fn run<S: AsRef<OsStr>>(cmd: &str, args: &[S]) -> Result<String, ToolFailure> {
     run_command(Command::new(cmd).args(args), cmd)
 }
 
 /// Runs a prepared command (extra environment, a wrapper such as prlimit); `name` is what
 /// errors call it.
-pub fn run_command(c: &mut Command, name: &str) -> Result<String, ToolFailure> {
+pub(crate) fn run_command(c: &mut Command, name: &str) -> Result<String, ToolFailure> {
     let out = c
         .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())

@@ -19,7 +19,7 @@ use crate::errors::AgentError;
 type Q = Query<HashMap<String, String>>;
 
 /// The router, for `axum::serve` (or a TLS acceptor).
-pub fn router(agent: Arc<Agent>) -> Router {
+pub(crate) fn router(agent: Arc<Agent>) -> Router {
     let mut r = Router::new()
         .route("/", get(root))
         .route("/v1", get(v1))
@@ -36,7 +36,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
 }
 
 /// `{"faultcode": ..., "faultstring": ...}` with `status`.
-pub fn fault(status: StatusCode, faultstring: &str) -> Response {
+pub(crate) fn fault(status: StatusCode, faultstring: &str) -> Response {
     let code = if status.is_server_error() {
         "Server"
     } else {

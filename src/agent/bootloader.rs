@@ -16,7 +16,7 @@ const BIOS_DISABLED: &str = "Install of legacy BIOS bootloaders disabled by \
 
 /// The parameters the conductor sends.
 #[derive(Debug, Default)]
-pub struct InstallBootloader {
+pub(crate) struct InstallBootloader {
     /// The MBR signature of a whole-disk image (`0x1a2b3c4d`), a root fs uuid, or none.
     pub root_uuid: Option<String>,
     /// The ESP's uuid, when the conductor knows it (partition images).
@@ -30,7 +30,10 @@ pub struct InstallBootloader {
 }
 
 /// `image.install_bootloader`.
-pub fn install_bootloader(agent: &Agent, p: &InstallBootloader) -> Result<Value, AgentError> {
+pub(crate) fn install_bootloader(
+    agent: &Agent,
+    p: &InstallBootloader,
+) -> Result<Value, AgentError> {
     let device = agent.root_device()?;
     let settings = agent.settings();
     let ignore = p

@@ -21,7 +21,7 @@ use crate::image::fetch::Progress;
 
 /// `command_status` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     /// Still running.
     Running,
     /// Finished without error.
@@ -34,7 +34,7 @@ pub enum Status {
 
 impl Status {
     /// The wire string.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Running => "RUNNING",
             Status::Succeeded => "SUCCEEDED",
@@ -56,7 +56,8 @@ pub enum Outcome {
 }
 
 /// A command body, run inline (sync) or on its own thread (async).
-pub type Body = Box<dyn FnOnce(&Arc<Progress>) -> Result<Outcome, AgentError> + Send + 'static>;
+pub(crate) type Body =
+    Box<dyn FnOnce(&Arc<Progress>) -> Result<Outcome, AgentError> + Send + 'static>;
 
 /// A command resolved and validated, ready to run.
 pub enum Prepared {
@@ -160,7 +161,7 @@ impl Record {
 }
 
 /// `command_error` on the wire.
-pub fn error_json(e: &AgentError) -> Value {
+pub(crate) fn error_json(e: &AgentError) -> Value {
     json!({"type": e.type_name(), "code": e.code(), "message": e.message(), "details": e.details()})
 }
 
@@ -262,7 +263,7 @@ impl Engine {
 }
 
 /// Runs a body, turning a panic into `CommandExecutionError` so the list stays serialisable.
-pub fn run_body(body: Body, progress: &Arc<Progress>) -> Result<Outcome, AgentError> {
+pub(crate) fn run_body(body: Body, progress: &Arc<Progress>) -> Result<Outcome, AgentError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(progress))).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()

@@ -14,7 +14,7 @@ use crate::errors::AgentError;
 ///
 /// Errors are the synchronous HTTP errors IPA gives: 400 bad name, 404 unknown extension,
 /// 400 unknown command, 400 invalid parameters.
-pub fn resolve(
+pub(crate) fn resolve(
     agent: &Arc<Agent>,
     name: &str,
     params: Map<String, Value>,

@@ -291,7 +291,7 @@ impl Ironic {
 }
 
 /// MAC addresses of the machine's NICs (sysfs), skipping loopback and all-zero addresses.
-pub fn nic_macs() -> Vec<String> {
+pub(crate) fn nic_macs() -> Vec<String> {
     let mut macs: Vec<String> = std::fs::read_dir("/sys/class/net")
         .into_iter()
         .flatten()
@@ -308,7 +308,7 @@ pub fn nic_macs() -> Vec<String> {
 
 /// The local address used to reach `url`'s host (what `ip route get` would say); no packet
 /// is sent.
-pub fn local_address_towards(url: &str) -> Option<IpAddr> {
+pub(crate) fn local_address_towards(url: &str) -> Option<IpAddr> {
     let u = url::Url::parse(url).ok()?;
     let port = u.port_or_known_default().unwrap_or(80);
     let host = u.host_str()?.trim_matches(['[', ']']).to_string();
@@ -327,7 +327,7 @@ pub fn local_address_towards(url: &str) -> Option<IpAddr> {
 }
 
 /// Applies the `config` part of a lookup answer to the agent.
-pub fn apply_lookup(agent: &Agent, answer: &Value) -> Result<(), IronicError> {
+pub(crate) fn apply_lookup(agent: &Agent, answer: &Value) -> Result<(), IronicError> {
     if let Some(node) = answer.get("node") {
         agent.cache_node(node);
     }
@@ -359,7 +359,7 @@ pub fn apply_lookup(agent: &Agent, answer: &Value) -> Result<(), IronicError> {
 }
 
 /// The address to advertise: `advertise_host`, else the local address that reaches Ironic.
-pub fn advertise_host(agent: &Agent, ironic: &Ironic) -> Result<String, IronicError> {
+pub(crate) fn advertise_host(agent: &Agent, ironic: &Ironic) -> Result<String, IronicError> {
     match agent.settings().advertise_host {
         Some(h) => Ok(h),
         None => local_address_towards(ironic.first_url())
@@ -370,7 +370,7 @@ pub fn advertise_host(agent: &Agent, ironic: &Ironic) -> Result<String, IronicEr
 
 /// Lookup, then heartbeats until the process ends (the API is already serving). Returns only
 /// on a fatal error. `verify_ca` is the auto-TLS certificate, sent as `agent_verify_ca`.
-pub async fn run(
+pub(crate) async fn run(
     agent: Arc<Agent>,
     mut ironic: Ironic,
     verify_ca: Option<String>,

@@ -34,7 +34,7 @@ const MAX_BODY: usize = 2 << 20;
 
 /// How the API treats its connections.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// The longest a TLS handshake, a request head, or a body after its head may take.
     pub request_timeout: Duration,
     /// Connections open at once.
@@ -44,7 +44,7 @@ pub struct Limits {
 /// Raises the soft limit on open descriptors to the hard limit (as far as the kernel allows),
 /// so the API's bound on connections, not the descriptor limit, is what a flood meets first.
 /// Returns the soft limit in force afterwards.
-pub fn raise_nofile_limit() -> Option<u64> {
+pub(crate) fn raise_nofile_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let now = getrlimit(Resource::Nofile);
     let hard = match now.maximum {
@@ -181,7 +181,7 @@ fn closing(mut r: Response) -> Response {
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `stop` resolves; then no
 /// connection is accepted, each open one ends after the answer it is writing (hyper's graceful
 /// shutdown), and this returns once they are gone (at most `request_timeout` later).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     tls: Option<Arc<rustls::ServerConfig>>,

@@ -47,7 +47,7 @@ pub trait PowerBackend: Send + Sync {
 }
 
 /// Records actions in the log (and in a file, when given). Never touches the machine.
-pub struct LogBackend {
+pub(crate) struct LogBackend {
     file: Option<PathBuf>,
 }
 
@@ -74,7 +74,7 @@ impl PowerBackend for LogBackend {
 }
 
 /// Really reboots or powers off, as IPA does.
-pub struct SystemBackend;
+pub(crate) struct SystemBackend;
 
 impl PowerBackend for SystemBackend {
     fn act(&self, action: PowerAction) -> Result<(), AgentError> {
@@ -118,7 +118,7 @@ impl PowerBackend for SystemBackend {
 }
 
 /// The backend of that kind (the name was checked when the settings were parsed).
-pub fn backend(kind: PowerBackendKind, log_file: Option<PathBuf>) -> Box<dyn PowerBackend> {
+pub(crate) fn backend(kind: PowerBackendKind, log_file: Option<PathBuf>) -> Box<dyn PowerBackend> {
     match kind {
         PowerBackendKind::Log => Box::new(LogBackend { file: log_file }),
         PowerBackendKind::System => Box::new(SystemBackend),

@@ -17,7 +17,7 @@ use crate::image::info::ImageInfo;
 
 /// `_validate_image_info`, run inside the request (400 on failure), plus the URL schemes:
 /// through the API only http and https, refused before any byte is read.
-pub fn validate_image_info(
+pub(crate) fn validate_image_info(
     info: &Value,
     configdrive: Option<&str>,
     md5_enabled: bool,
@@ -34,7 +34,7 @@ pub fn validate_image_info(
 
 /// `prepare_image`: writes the image to the install disk through the one deploy orchestrator
 /// and returns IPA's message (`image (<id>) written to device <dev> root_uuid=<uuid>`).
-pub fn prepare_image(
+pub(crate) fn prepare_image(
     agent: &Arc<Agent>,
     info: Value,
     configdrive: Option<String>,
@@ -71,7 +71,7 @@ pub fn prepare_image(
 }
 
 /// `get_partition_uuids`: the stored dict, or `{}` before any `prepare_image`.
-pub fn partition_uuids(agent: &Agent) -> Value {
+pub(crate) fn partition_uuids(agent: &Agent) -> Value {
     match &agent.standby().partition_uuids {
         Some(v) => v.clone(),
         None => {
@@ -82,7 +82,7 @@ pub fn partition_uuids(agent: &Agent) -> Value {
 }
 
 /// `sync`: flush file system buffers (`full_sync`).
-pub fn sync() -> Result<(), AgentError> {
+pub(crate) fn sync() -> Result<(), AgentError> {
     rustix::fs::sync();
     // Dropping caches is best effort (not allowed in every container), as IPA logs only.
     if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
@@ -92,7 +92,7 @@ pub fn sync() -> Result<(), AgentError> {
 }
 
 /// `run_image` / `power_off`: optional clock sync, sync, then the power backend.
-pub fn shutdown(agent: &Agent, action: PowerAction) -> Result<(), AgentError> {
+pub(crate) fn shutdown(agent: &Agent, action: PowerAction) -> Result<(), AgentError> {
     let settings = agent.settings();
     if let Some(ntp) = settings.ntp_server.as_deref() {
         if let Err(e) = sync_clock(ntp) {
@@ -131,7 +131,7 @@ fn sync_clock(ntp: &str) -> Result<(), AgentError> {
 /// `execute_bootc_install` (docs/agent-api.md#bootc): podman pulls the image (with the pull secret in a
 /// private file that is gone before the install runs), `bootc install to-disk` writes it, the
 /// partition table is checked, then the config drive is written.
-pub fn execute_bootc_install(
+pub(crate) fn execute_bootc_install(
     agent: &Agent,
     image_source: Option<&str>,
     instance_info: &Value,

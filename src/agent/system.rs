@@ -24,14 +24,18 @@ pub enum Stop {
 }
 
 /// `system.lockdown`.
-pub fn lockdown(agent: &Agent) -> Result<Value, AgentError> {
+pub(crate) fn lockdown(agent: &Agent) -> Result<Value, AgentError> {
     tracing::warn!("lockdown requested: the API stops, then the network interfaces go down");
     agent.request_stop(Stop::Lockdown);
     Ok(Value::Null)
 }
 
 /// `rescue.finalize_rescue`.
-pub fn finalize_rescue(agent: &Agent, password: &str, hashed: bool) -> Result<Value, AgentError> {
+pub(crate) fn finalize_rescue(
+    agent: &Agent,
+    password: &str,
+    hashed: bool,
+) -> Result<Value, AgentError> {
     let s = agent.settings();
     let hash = if hashed {
         password.to_string()

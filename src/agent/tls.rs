@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::{Curve, TlsVersion};
 
 /// A TLS setup for the API.
-pub struct ServerTls {
+pub(crate) struct ServerTls {
     /// The rustls configuration.
     pub config: Arc<rustls::ServerConfig>,
     /// The certificate (PEM) to send as `agent_verify_ca` (auto-TLS only).
@@ -55,7 +55,7 @@ fn server_config(
 }
 
 /// `listen_tls`: the certificate chain and key from PEM files.
-pub fn static_tls(
+pub(crate) fn static_tls(
     cert_file: &Path,
     key_file: &Path,
     min_version: TlsVersion,
@@ -74,7 +74,7 @@ pub fn static_tls(
 
 /// Auto-TLS: a self-signed EC certificate (P-256 or P-384) for `ip`, valid from an hour ago
 /// (clock skew) for 30 days, as IPA makes it. Written to `state_dir` when given.
-pub fn auto_tls(
+pub(crate) fn auto_tls(
     ip: IpAddr,
     curve: Curve,
     min_version: TlsVersion,

@@ -17,9 +17,9 @@ use super::load_option::{mbr_partuuid, HardDrive, PartitionSignature};
 use crate::disk::partitions::{bounds, TableError};
 
 /// The EFI System Partition type GUID.
-pub const ESP_TYPE_GUID: uuid::Uuid = uuid::uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+pub(crate) const ESP_TYPE_GUID: uuid::Uuid = uuid::uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
 /// The MBR partition type of an ESP.
-pub const ESP_MBR_TYPE: u8 = 0xef;
+pub(crate) const ESP_MBR_TYPE: u8 = 0xef;
 
 /// A partition's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl Partition {
 }
 
 /// The used partitions of a disk, by number; empty when it has no table rivet can read.
-pub fn read_partitions(disk: &Path) -> Result<Vec<Partition>, BootError> {
+pub(crate) fn read_partitions(disk: &Path) -> Result<Vec<Partition>, BootError> {
     let mut f = File::open(disk).map_err(|e| BootError::disk(disk, e))?;
     let block_ss = block_sector_size(&f, disk)?;
     let bounded = |e: TableError| BootError::disk(disk, e.into());

@@ -14,7 +14,7 @@ use crate::errors::AgentError;
 
 /// What to install, and how.
 #[derive(Debug, Clone)]
-pub struct BootcRequest {
+pub(crate) struct BootcRequest {
     /// `image_source` as Ironic sends it (`oci://registry/repo:tag`).
     pub image_source: String,
     /// The install device.
@@ -33,7 +33,7 @@ pub struct BootcRequest {
 
 impl BootcRequest {
     /// Reads the bootc settings of a node's `instance_info`.
-    pub fn with_instance_info(mut self, instance_info: &Value) -> Self {
+    pub(crate) fn with_instance_info(mut self, instance_info: &Value) -> Self {
         self.authorized_keys = instance_info
             .get("bootc_authorized_keys")
             .and_then(Value::as_str)
@@ -50,7 +50,7 @@ impl BootcRequest {
 
 /// `oci://quay.io/org/img:tag` → `quay.io/org/img:tag` (scheme dropped, tag or digest kept),
 /// and the registry host.
-pub fn image_reference(source: &str) -> (String, String) {
+pub(crate) fn image_reference(source: &str) -> (String, String) {
     let rest = source.split_once("://").map(|(_, r)| r).unwrap_or(source);
     let netloc = rest.split('/').next().unwrap_or("").to_string();
     (rest.to_string(), netloc)
@@ -110,7 +110,7 @@ impl Drop for AuthFile {
 }
 
 /// The argv of the install run (after `podman`), exactly as IPA builds it.
-pub fn run_args(
+pub(crate) fn run_args(
     req: &BootcRequest,
     reference: &str,
     selinux: bool,
@@ -164,7 +164,7 @@ pub fn run_args(
 
 /// Pulls and installs the image. Errors are IPA's: pull failure and a missing `bootc` are
 /// `ImageDownloadError`, an install failure is `ImageWriteError`.
-pub fn install(req: &BootcRequest) -> Result<(), AgentError> {
+pub(crate) fn install(req: &BootcRequest) -> Result<(), AgentError> {
     let conf = req.containers_conf_dir.join("01-ipa.conf");
     std::fs::create_dir_all(&req.containers_conf_dir)
         .and_then(|()| std::fs::write(&conf, "[engine]\nno_pivot_root = true\n"))

@@ -16,7 +16,7 @@ const PARTITION_SIZE: u64 = 64 << 20;
 
 /// The filesystem label of a partition, read from its first bytes: an ISO9660 volume id or a
 /// FAT volume label.
-pub fn partition_label(disk: &File, part: &Part) -> Option<String> {
+pub(crate) fn partition_label(disk: &File, part: &Part) -> Option<String> {
     let mut head = vec![0u8; 34816.min(part.size as usize)];
     disk.read_exact_at(&mut head, part.start).ok()?;
     configdrive::label(&head)
@@ -24,7 +24,7 @@ pub fn partition_label(disk: &File, part: &Part) -> Option<String> {
 
 /// Decodes a `configdrive` argument, downloading it when it is a URL (the TLS settings of
 /// `cfg`, no proxies or image auth, as IPA; a bounded body).
-pub fn materialise(
+pub(crate) fn materialise(
     node: &str,
     configdrive: &str,
     cfg: &FetchConfig,
@@ -38,7 +38,7 @@ pub fn materialise(
 /// Writes a config drive (already decoded by [`materialise`], so a bad one fails before the
 /// image is written) onto the target disk for `node`. `rebuild` forces the vfat copy (IPA's
 /// `config_drive_rebuild`).
-pub fn write_config_drive(
+pub(crate) fn write_config_drive(
     node: &str,
     target: &Target,
     image: Vec<u8>,

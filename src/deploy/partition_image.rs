@@ -23,7 +23,7 @@ const MIB: u64 = 1 << 20;
 
 /// `uefi` or `bios`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BootMode {
+pub(crate) enum BootMode {
     /// UEFI: an EFI system partition, and always GPT.
     Uefi,
     /// Legacy BIOS.
@@ -33,7 +33,7 @@ pub enum BootMode {
 /// IPA's order: secure boot → uefi; `instance_info.deploy_boot_mode` >
 /// `properties.capabilities.boot_mode` > `driver_internal_info.deploy_boot_mode` > image_info's
 /// `deploy_boot_mode` > how this machine booted.
-pub fn boot_mode(node: &Value, info: &ImageInfo) -> BootMode {
+pub(crate) fn boot_mode(node: &Value, info: &ImageInfo) -> BootMode {
     let caps = |v: Option<&Value>, key: &str| -> Option<String> {
         match v? {
             Value::Object(o) => o.get(key).map(|x| match x {
@@ -72,7 +72,7 @@ pub fn boot_mode(node: &Value, info: &ImageInfo) -> BootMode {
 
 /// uefi → gpt; else the `disk_label` capability (instance_info over properties) or
 /// image_info's, `gpt` or the default `msdos`.
-pub fn disk_label_gpt(node: &Value, info: &ImageInfo, mode: BootMode) -> bool {
+pub(crate) fn disk_label_gpt(node: &Value, info: &ImageInfo, mode: BootMode) -> bool {
     if mode == BootMode::Uefi {
         return true;
     }
@@ -98,7 +98,7 @@ pub fn disk_label_gpt(node: &Value, info: &ImageInfo, mode: BootMode) -> bool {
 
 /// One planned partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Planned {
+pub(crate) struct Planned {
     /// `efi system partition`, `bios`, `ephemeral`, `swap`, `configdrive`, `root`.
     pub role: &'static str,
     /// 1-based number.
@@ -131,7 +131,12 @@ impl Planned {
 }
 
 /// IPA's layout: contiguous from 1 MiB, root last.
-pub fn plan(info: &ImageInfo, mode: BootMode, gpt: bool, configdrive_mb: u64) -> Vec<Planned> {
+pub(crate) fn plan(
+    info: &ImageInfo,
+    mode: BootMode,
+    gpt: bool,
+    configdrive_mb: u64,
+) -> Vec<Planned> {
     let mut sizes: Vec<(&'static str, u64)> = Vec::new();
     if mode == BootMode::Uefi {
         sizes.push(("efi system partition", 550));
@@ -172,7 +177,7 @@ fn root_mb(info: &ImageInfo) -> u64 {
 }
 
 /// The name IPA gives partition `n` of `dev` (`<dev><n>`, or `<dev>p<n>` after a digit).
-pub fn partition_path(dev: &Path, n: u32) -> PathBuf {
+pub(crate) fn partition_path(dev: &Path, n: u32) -> PathBuf {
     let d = dev.display().to_string();
     if d.ends_with(|c: char| c.is_ascii_digit()) {
         PathBuf::from(format!("{d}p{n}"))
@@ -183,7 +188,7 @@ pub fn partition_path(dev: &Path, n: u32) -> PathBuf {
 
 /// A block device for one partition: the kernel's node, or a loop device over its byte range
 /// (detached on drop).
-pub struct PartDev {
+pub(crate) struct PartDev {
     /// The device to use.
     pub path: PathBuf,
     looped: bool,
@@ -191,7 +196,7 @@ pub struct PartDev {
 
 impl PartDev {
     /// Opens partition `p` of `disk`.
-    pub fn open(disk: &Path, p: &Planned) -> Result<PartDev, ToolFailure> {
+    pub(crate) fn open(disk: &Path, p: &Planned) -> Result<PartDev, ToolFailure> {
         let node = partition_path(disk, p.number);
         if node_matches(&node, p) {
             return Ok(PartDev {
@@ -249,7 +254,7 @@ fn blkid(dev: &Path, tag: &str) -> Option<String> {
 }
 
 /// What a partition-image deploy produced: IPA's `get_partition_uuids` dict and the root UUID.
-pub struct PartitionResult {
+pub(crate) struct PartitionResult {
     /// `{"partitions": {...}, "root uuid": ..., "efi system partition uuid": ...}`.
     pub uuids: Value,
     /// Root file system UUID (or PARTUUID).
@@ -259,7 +264,7 @@ pub struct PartitionResult {
 }
 
 /// Deploys a partition image onto `device`.
-pub fn deploy(
+pub(crate) fn deploy(
     info: &ImageInfo,
     node: &Value,
     device: &Path,

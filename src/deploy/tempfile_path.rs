@@ -85,7 +85,7 @@ const LEFTOVER_PREFIX: &str = "rivet-image-";
 
 /// Removes the copies a previous run left in `dir` (files named `rivet-image-*`); returns how
 /// many. Called once at start-up by `rivet serve` and `rivet deploy`.
-pub fn remove_leftovers(dir: &Path) -> usize {
+pub(crate) fn remove_leftovers(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -111,7 +111,7 @@ pub fn remove_leftovers(dir: &Path) -> usize {
 }
 
 /// Where the temp-file path keeps its copy: `image_tmp_dir`, else the system's temp dir.
-pub fn tmp_dir(configured: Option<&Path>) -> PathBuf {
+pub(crate) fn tmp_dir(configured: Option<&Path>) -> PathBuf {
     configured
         .map(Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir)

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 
 /// Bytes at the start and at the end of a disk that hold partition tables (MBR, GPT and its
 /// backup) and boot code: wiped on failure, held back until the image is verified.
-pub const TABLE_AREA: u64 = 1 << 20;
+pub(crate) const TABLE_AREA: u64 = 1 << 20;
 
 /// Opens a whole disk read-write with `O_EXCL`: the kernel refuses while the disk or one of
 /// its partitions is mounted or held. The one place rivet claims a disk.
-pub fn open_exclusive(path: &Path) -> io::Result<File> {
+pub(crate) fn open_exclusive(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -281,7 +281,7 @@ impl Target {
 }
 
 /// Runs `udevadm settle` when udev is running; quietly does nothing otherwise.
-pub fn udev_settle() {
+pub(crate) fn udev_settle() {
     if !Path::new("/run/udev/control").exists() {
         return;
     }

@@ -50,12 +50,12 @@ const HINTS: &[&str] = &[
 /// Root device hints that cannot be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct HintError(String);
+pub(crate) struct HintError(String);
 
 /// The disks the agent works with: exactly `only` (the `block_devices` setting, e.g.
 /// `/dev/loop3`) when it is not empty, whatever their kind; else every whole disk of the
 /// machine ([`list_devices`]).
-pub fn list_allowed(sys_block: &Path, only: &[String]) -> Vec<BlockDevice> {
+pub(crate) fn list_allowed(sys_block: &Path, only: &[String]) -> Vec<BlockDevice> {
     if only.is_empty() {
         return list_devices(sys_block);
     }
@@ -74,7 +74,7 @@ pub fn list_allowed(sys_block: &Path, only: &[String]) -> Vec<BlockDevice> {
 
 /// Disks under `sys_block` (normally `/sys/block`): whole disks only, no loop, ram, zram,
 /// device-mapper, md, optical or floppy devices.
-pub fn list_devices(sys_block: &Path) -> Vec<BlockDevice> {
+pub(crate) fn list_devices(sys_block: &Path) -> Vec<BlockDevice> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(sys_block) else {
         return out;
@@ -162,7 +162,7 @@ fn by_path_links(dir: &Path) -> Vec<(String, String)> {
 }
 
 /// Picks the install disk among `devices` (sorted by size, then name), as IPA does.
-pub fn select(
+pub(crate) fn select(
     devices: &[BlockDevice],
     hints: Option<&Value>,
     skip: &[Value],
@@ -204,7 +204,7 @@ pub fn select(
 }
 
 /// Whether a device satisfies every hint of `hints`.
-pub fn matches_hints(d: &BlockDevice, hints: &Value) -> Result<bool, HintError> {
+pub(crate) fn matches_hints(d: &BlockDevice, hints: &Value) -> Result<bool, HintError> {
     let Some(obj) = hints.as_object() else {
         return Err(HintError("root device hints must be a dictionary".into()));
     };

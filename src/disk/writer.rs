@@ -18,7 +18,7 @@ use super::device::{Target, TABLE_AREA};
 use crate::image::fetch::Progress;
 
 /// Size of one write to the device.
-pub const WRITE_SIZE: usize = 4 << 20;
+pub(crate) const WRITE_SIZE: usize = 4 << 20;
 /// Buffers in flight between the copier and the I/O thread.
 const BUFFERS: usize = 3;
 const ALIGN: usize = 4096;

@@ -159,7 +159,7 @@ fn attempt_unlock(
 
 /// IPA's `_ata_erase`: Ok(false) when the drive has no usable security feature set (the
 /// caller overwrites instead), Ok(true) after a successful security erase.
-pub fn ata_erase(dev: &str, run: &dyn CommandRunner) -> Result<bool, EraseError> {
+pub(super) fn ata_erase(dev: &str, run: &dyn CommandRunner) -> Result<bool, EraseError> {
     let Some(lines) = security_lines(dev, run)? else {
         tracing::warn!(device = dev, "hdparm is not installed; no ATA secure erase");
         return Ok(false);

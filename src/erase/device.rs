@@ -29,7 +29,7 @@ pub(crate) struct DeviceInfo {
 
 impl DeviceInfo {
     /// Looks the block device up by the number of its node.
-    pub fn lookup(path: &Path) -> Result<DeviceInfo, DeviceError> {
+    pub(super) fn lookup(path: &Path) -> Result<DeviceInfo, DeviceError> {
         let meta = std::fs::metadata(path).map_err(|e| DeviceError::new(path, "stat", e))?;
         if !meta.file_type().is_block_device() {
             return Err(DeviceError::other(path, "checking", "not a block device"));
@@ -51,7 +51,7 @@ impl DeviceInfo {
 
     /// The kernel's name for partition `n` of this disk, in the caller's directory
     /// (`/dev/sda1`, `/dev/nvme0n1p1`, `/dev/loop0p1`), as IPA names partitions.
-    pub fn partition_name(&self, n: u32) -> String {
+    pub(super) fn partition_name(&self, n: u32) -> String {
         let base = self
             .path
             .file_name()
@@ -67,7 +67,7 @@ impl DeviceInfo {
     }
 
     /// NVMe namespace (IPA: the name starts with `/dev/nvme`).
-    pub fn is_nvme(&self) -> bool {
+    pub(super) fn is_nvme(&self) -> bool {
         self.kname.starts_with("nvme")
     }
 }
@@ -96,7 +96,7 @@ pub(crate) struct Disk {
 
 impl Disk {
     /// Claims the device (O_EXCL): EBUSY means something uses it or one of its partitions.
-    pub fn open(info: &DeviceInfo) -> Result<Disk, DeviceError> {
+    pub(super) fn open(info: &DeviceInfo) -> Result<Disk, DeviceError> {
         let path = &info.path;
         let file = OpenOptions::new()
             .read(true)
@@ -125,7 +125,7 @@ impl Disk {
 
     /// A second descriptor on the same device for O_DIRECT writes. It does not claim the
     /// device: our O_EXCL handle already does, and a second exclusive open would fail.
-    pub fn open_direct(&self) -> Result<File, DeviceError> {
+    pub(super) fn open_direct(&self) -> Result<File, DeviceError> {
         use std::os::fd::AsRawFd;
         let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
         OpenOptions::new()
@@ -136,7 +136,7 @@ impl Disk {
     }
 
     /// The device path, for errors and logs.
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.info.path
     }
 }

@@ -29,7 +29,7 @@ const ADMIN_FORMAT_NVM: u8 = 0x80;
 const OACS_FORMAT: u16 = 1 << 1;
 const FNA_CRYPTO_ERASE: u8 = 1 << 2;
 /// Timeout of the Format command.
-pub const FORMAT_TIMEOUT_MS: u32 = 3_600_000;
+pub(super) const FORMAT_TIMEOUT_MS: u32 = 3_600_000;
 
 /// One admin command: the fields rivet sets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -161,7 +161,7 @@ fn format_cdw10(id_ns: &[u8], ses: u32) -> u32 {
 }
 
 /// IPA's `_nvme_erase`: Ok(ses) after a successful format (2 = crypto, 1 = user data).
-pub fn nvme_erase(device: &str, nvme: &dyn NvmeAdmin) -> Result<u32, EraseError> {
+pub(super) fn nvme_erase(device: &str, nvme: &dyn NvmeAdmin) -> Result<u32, EraseError> {
     let fetch_err = |e: &dyn std::fmt::Display| {
         EraseError::BlockDeviceErase(format!(
             "Failed to fetch NVMe capabilities for device {device}: {e}"

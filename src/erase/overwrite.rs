@@ -81,7 +81,7 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// Bytes this plan writes over a device of `size` bytes.
-    pub fn bytes(&self, size: u64) -> u64 {
+    pub(super) fn bytes(&self, size: u64) -> u64 {
         size * (u64::from(self.random_passes) + u64::from(self.zeroize))
     }
 }

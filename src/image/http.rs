@@ -81,7 +81,7 @@ pub(crate) fn auth_header(info: &ImageInfo, cfg: &FetchConfig) -> Result<Option<
 ///
 /// Proxies live in the client, not in the process environment (IPA writes `no_proxy` into the
 /// environment for good); environment proxies still apply when `image_info` gives none.
-pub fn build_client(
+pub(crate) fn build_client(
     cfg: &FetchConfig,
     proxies: &std::collections::BTreeMap<String, String>,
     no_proxy: Option<&str>,

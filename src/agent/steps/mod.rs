@@ -27,7 +27,7 @@ pub(crate) const MANAGER_VERSION: &str = "1.2";
 
 /// Which extension asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// `deploy.*`.
     Deploy,
     /// `clean.*`.
@@ -38,7 +38,7 @@ pub enum Phase {
 
 impl Phase {
     /// `deploy`, `clean`, `service`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Phase::Deploy => "deploy",
             Phase::Clean => "clean",
@@ -47,7 +47,7 @@ impl Phase {
     }
 
     /// The version parameter of `execute_<phase>_step`.
-    pub fn version_param(self) -> &'static str {
+    pub(crate) fn version_param(self) -> &'static str {
         match self {
             Phase::Deploy => "deploy_version",
             Phase::Clean => "clean_version",
@@ -57,7 +57,7 @@ impl Phase {
 }
 
 /// `get_<phase>_steps`.
-pub fn get_steps(agent: &Agent, phase: Phase, node: &Value) -> Value {
+pub(crate) fn get_steps(agent: &Agent, phase: Phase, node: &Value) -> Value {
     agent.cache_node(node);
     json!({
         format!("{}_steps", phase.name()): {MANAGER: list::steps(phase)},
@@ -66,7 +66,7 @@ pub fn get_steps(agent: &Agent, phase: Phase, node: &Value) -> Value {
 }
 
 /// `execute_<phase>_step`: checks the hardware manager version, then runs the step.
-pub fn execute_step(
+pub(crate) fn execute_step(
     agent: &Arc<Agent>,
     phase: Phase,
     step: Value,

@@ -11,7 +11,7 @@ const MIB: u64 = 1 << 20;
 
 /// One partition of a new table, in bytes from the start of the disk.
 #[derive(Debug, Clone)]
-pub struct NewPart {
+pub(crate) struct NewPart {
     /// Partition number (1-based).
     pub number: u32,
     /// First byte (a multiple of the sector size).
@@ -28,7 +28,7 @@ pub struct NewPart {
 
 /// Writes a GPT (or an MBR) holding `parts`, after zeroing the table areas at both ends.
 /// Returns each partition's unique GUID (GPT) in order, `None` for MBR.
-pub fn write_new_table(
+pub(crate) fn write_new_table(
     disk: &File,
     parts: &[NewPart],
     gpt: bool,

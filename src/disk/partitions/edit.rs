@@ -39,7 +39,10 @@ pub fn add_end_partition(file: &File, size: u64) -> Result<Part, LayoutError> {
 
 /// [`add_end_partition`] on anything that reads and writes (a disk, an image in memory).
 #[doc(hidden)]
-pub fn add_end_in<F: Read + Write + Seek>(f: &mut F, size: u64) -> Result<Part, LayoutError> {
+pub(crate) fn add_end_in<F: Read + Write + Seek>(
+    f: &mut F,
+    size: u64,
+) -> Result<Part, LayoutError> {
     let table = read_table_from(f)?.ok_or(LayoutError::NoTable)?;
     let disk = f.seek(SeekFrom::End(0))?;
     match table.kind {

@@ -30,7 +30,7 @@ pub fn relocate_backup_gpt(file: &File) -> Result<GptFix, TableError> {
 
 /// [`relocate_backup_gpt`] on anything that reads and writes (a disk, an image in memory).
 #[doc(hidden)]
-pub fn relocate_in<F: Read + Write + Seek>(file: &mut F) -> Result<GptFix, TableError> {
+pub(crate) fn relocate_in<F: Read + Write + Seek>(file: &mut F) -> Result<GptFix, TableError> {
     let Some(mut gpt) = super::bounds::find_gpt(file)? else {
         tracing::debug!("no GPT found");
         return Ok(GptFix::NoGpt);

@@ -2,7 +2,7 @@
 
 /// What a partition is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PartKind {
+pub(crate) enum PartKind {
     /// EFI system partition.
     Esp,
     /// BIOS boot partition (GRUB's core image on GPT disks).
@@ -16,20 +16,20 @@ pub enum PartKind {
 }
 
 /// EFI System partition.
-pub const GPT_ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+pub(crate) const GPT_ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 /// BIOS boot partition.
-pub const GPT_BIOS_BOOT: &str = "21686148-6449-6e6f-744e-656564454649";
+pub(crate) const GPT_BIOS_BOOT: &str = "21686148-6449-6e6f-744e-656564454649";
 /// Linux swap.
-pub const GPT_LINUX_SWAP: &str = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f";
+pub(crate) const GPT_LINUX_SWAP: &str = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f";
 /// Linux file system data.
-pub const GPT_LINUX_DATA: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+pub(crate) const GPT_LINUX_DATA: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
 
 /// MBR system id of an EFI system partition.
-pub const MBR_ESP: u8 = 0xef;
+pub(crate) const MBR_ESP: u8 = 0xef;
 
 impl PartKind {
     /// The GPT partition type GUID.
-    pub fn gpt_type(self) -> &'static str {
+    pub(crate) fn gpt_type(self) -> &'static str {
         match self {
             PartKind::Esp => GPT_ESP,
             PartKind::BiosBoot => GPT_BIOS_BOOT,
@@ -39,7 +39,7 @@ impl PartKind {
     }
 
     /// The MBR system id.
-    pub fn mbr_type(self) -> u8 {
+    pub(crate) fn mbr_type(self) -> u8 {
         match self {
             PartKind::Esp => MBR_ESP,
             PartKind::Swap => 0x82,

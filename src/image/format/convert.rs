@@ -8,14 +8,14 @@ use std::process::Command;
 use crate::errors::AgentError;
 
 /// IPA's `image_convert_memory_limit` (MiB of address space for qemu-img).
-pub const MEMORY_LIMIT_MIB: u64 = 2048;
+pub(crate) const MEMORY_LIMIT_MIB: u64 = 2048;
 /// IPA's `image_convert_attempts`.
-pub const ATTEMPTS: u32 = 3;
+pub(crate) const ATTEMPTS: u32 = 3;
 
 /// Converts `src` (of the inspected format `format`) onto `dst`. A block device gets IPA's
 /// options (`-O host_device -t directsync -S 0 -W`); a regular file gets raw output through
 /// the page cache (files on tmpfs refuse O_DIRECT).
-pub fn qemu_img_convert(
+pub(crate) fn qemu_img_convert(
     src: &Path,
     format: &str,
     dst: &Path,
@@ -62,7 +62,7 @@ pub fn qemu_img_convert(
 }
 
 /// The virtual size qemu-img reports for an inspected file.
-pub fn virtual_size(src: &Path, format: &str) -> Result<u64, AgentError> {
+pub(crate) fn virtual_size(src: &Path, format: &str) -> Result<u64, AgentError> {
     let out = Command::new("qemu-img")
         .args(["info", "--output=json", "-f", format])
         .arg(src)
