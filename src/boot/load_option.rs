@@ -52,18 +52,13 @@ pub enum PartitionSignature {
 
 impl PartitionSignature {
     /// The signature as lsblk/blkid print a PARTUUID (`xxxxxxxx-...` for GPT; the MBR form
-    /// needs the partition number, see [`mbr_partuuid`]).
+    /// needs the partition number, see [`crate::disk::partitions::Table::partuuid`]).
     pub fn gpt_uuid(&self) -> Option<uuid::Uuid> {
         match self {
             PartitionSignature::Gpt(b) => Some(uuid::Uuid::from_bytes_le(*b)),
             PartitionSignature::Mbr(_) => None,
         }
     }
-}
-
-/// An MBR partition's PARTUUID as blkid prints it: disk signature and partition number.
-pub fn mbr_partuuid(signature: u32, number: u32) -> String {
-    format!("{signature:08x}-{number:02x}")
 }
 
 /// A Hard Drive media device path node: where the ESP is on its disk.

@@ -332,7 +332,10 @@ pub(crate) fn deploy(
                 )));
             }
         }
-        existing.into_iter().map(|e| e.uuid).collect()
+        existing
+            .into_iter()
+            .map(|e| e.guid.map(|g| g.to_string()))
+            .collect()
     } else {
         let table: Vec<NewPart> = parts.iter().map(|p| p.new_part(mode)).collect();
         partitions::create::write_new_table(&disk, &table, gpt).map_err(|e| {

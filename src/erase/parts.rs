@@ -1,8 +1,8 @@
 //! The partitions an erase must reach: those in the on-disk table (any logical sector size,
 //! MBR logical partitions included) and those the kernel has (sysfs), which can differ when a
-//! table was rewritten without a re-read. The table is read through
-//! `disk::partitions::bounds`, like every table rivet reads: a hostile one is refused before
-//! gptman/mbrman see it (then only the kernel's partitions and the disk's ends are erased).
+//! table was rewritten without a re-read. The table is read by rivet's one reader,
+//! `disk::partitions::read_table_with`, like every table rivet reads: a hostile one is refused
+//! before gptman/mbrman see it (then only the kernel's partitions and the disk's ends are erased).
 
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -33,49 +33,28 @@ pub(crate) struct Partition {
     pub kind: PartType,
 }
 
-/// Reads the GPT (trying the disk's logical sector size first, and the backup header when
-/// the primary is damaged), else the MBR. `None` when there is no table.
-pub(crate) fn read_table<R: Read + Seek>(r: &mut R, sector: u64) -> Option<Vec<Partition>> {
-    use crate::disk::partitions::bounds;
-    let other = if sector == 512 { 4096 } else { 512 };
-    let bounded = |r: &mut R, ss: u64| match bounds::read_gpt(r, ss) {
-        Ok(g) => g,
-        Err(e) => {
-            tracing::warn!("partition table not read: {e}");
-            None
-        }
-    };
-    let gpt = bounded(r, sector).or_else(|| bounded(r, other));
-    if let Some(gpt) = gpt {
-        let ss = gpt.sector_size;
-        return Some(
-            gpt.iter()
-                .filter(|(_, p)| p.is_used())
-                .map(|(n, p)| Partition {
-                    number: n,
-                    start: p.starting_lba * ss,
-                    size: (p.ending_lba + 1).saturating_sub(p.starting_lba) * ss,
-                    kind: PartType::Gpt(p.partition_type_guid),
-                })
-                .collect(),
-        );
-    }
-    let ss = u32::try_from(sector).unwrap_or(512);
-    let mbr = match bounds::read_mbr(r, u64::from(ss)) {
-        Ok(m) => m?,
+/// The table's partitions ([`crate::disk::partitions::read_table_with`], the disk's logical
+/// sector size first), `None` when there is no table or it cannot be read.
+fn read_table<R: Read + Seek>(r: &mut R, sector: u64) -> Option<Vec<Partition>> {
+    use crate::disk::partitions::{self as table, Sectors};
+    let t = match table::read_table_with(r, Sectors::Prefer(sector)) {
+        Ok(t) => t?,
         Err(e) => {
             tracing::warn!("partition table not read: {e}");
             return None;
         }
     };
     Some(
-        mbr.iter()
-            .filter(|(_, p)| p.is_used())
-            .map(|(n, p)| Partition {
-                number: n as u32,
-                start: u64::from(p.starting_lba) * sector,
-                size: u64::from(p.sectors) * sector,
-                kind: PartType::Mbr(p.sys),
+        t.parts
+            .into_iter()
+            .map(|p| Partition {
+                number: p.number,
+                start: p.start,
+                size: p.size,
+                kind: match p.kind {
+                    table::PartType::Gpt(g) => PartType::Gpt(g.to_bytes_le()),
+                    table::PartType::Mbr(t) => PartType::Mbr(t),
+                },
             })
             .collect(),
     )

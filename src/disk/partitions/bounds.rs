@@ -4,9 +4,9 @@
 //! makes gptman reserve memory for all of them (the allocation fails and the process aborts,
 //! with no error line); an entry size other than 128 trips one of its assertions; an MBR whose
 //! used entries all start at LBA 0, or an EBR chain whose LBAs overflow 32 bits, panics mbrman.
-//! A table comes from an image, so from whoever made the image: every reader of this module
-//! (and `boot::partitions`) goes through [`find_gpt`], [`read_gpt`] and [`read_mbr`] here, which
-//! check what the crate would act on and only then call it.
+//! A table comes from an image, so from whoever made the image: every read (the one table
+//! reader, `read_table_with`, and the editors) goes through [`find_gpt`], [`read_gpt`] and
+//! [`read_mbr`] here, which check what the crate would act on and only then call it.
 //!
 //! What is checked, per header the crate would accept (right signature, revision and CRC;
 //! a damaged copy is skipped by the crate and so here):

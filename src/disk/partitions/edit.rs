@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use super::bounds::{self, TableError};
-use super::{read_table_from, uuid_to_guid, Part, TableKind};
+use super::{read_table_from, uuid_to_guid, Part, PartType, TableKind};
 
 /// Why a config drive partition could not be made (the caller words it as IPA does).
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +71,10 @@ pub(crate) fn add_end_in<F: Read + Write + Seek>(
                 .find(|&i| gpt[i].is_unused())
                 .ok_or_else(|| LayoutError::NoSpace("the GPT has no free entry".into()))?;
             let id = uuid::Uuid::new_v4();
+            // Linux filesystem data
+            let linux = uuid::uuid!("0fc63daf-8483-4772-8e79-3d69d8477de4");
             gpt[n] = gptman::GPTPartitionEntry {
-                // Linux filesystem data
-                partition_type_guid: uuid_to_guid(&uuid::uuid!(
-                    "0fc63daf-8483-4772-8e79-3d69d8477de4"
-                )),
+                partition_type_guid: uuid_to_guid(&linux),
                 unique_partition_guid: uuid_to_guid(&id),
                 starting_lba: start,
                 ending_lba: start + want - 1,
@@ -87,7 +86,10 @@ pub(crate) fn add_end_in<F: Read + Write + Seek>(
                 number: n,
                 start: start * ss,
                 size: want * ss,
-                uuid: Some(id.to_string()),
+                kind: PartType::Gpt(linux),
+                guid: Some(id),
+                name: "config-2".into(),
+                bootable: false,
             })
         }
         TableKind::Mbr => {
@@ -128,10 +130,11 @@ pub(crate) fn add_end_in<F: Read + Write + Seek>(
                 u32::try_from(end - start)
                     .map_err(|_| LayoutError::NoSpace("beyond the MBR limit".into()))?,
             );
+            let sys = 0x0c; // W95 FAT32 (LBA), what parted writes for "fat32"
             mbr[n] = mbrman::MBRPartitionEntry {
                 boot: mbrman::BOOT_INACTIVE,
                 first_chs: mbrman::CHS::empty(),
-                sys: 0x0c, // W95 FAT32 (LBA), what parted writes for "fat32"
+                sys,
                 last_chs: mbrman::CHS::empty(),
                 starting_lba: s32,
                 sectors: len32,
@@ -141,7 +144,10 @@ pub(crate) fn add_end_in<F: Read + Write + Seek>(
                 number: n as u32,
                 start: start * 512,
                 size: (end - start) * 512,
-                uuid: None,
+                kind: PartType::Mbr(sys),
+                guid: None,
+                name: String::new(),
+                bootable: false,
             })
         }
     }
@@ -184,7 +190,10 @@ mod tests {
         let t = read_table(&f).unwrap().unwrap();
         assert_eq!(t.kind, TableKind::Gpt);
         assert_eq!(t.parts.len(), 2);
-        assert_eq!(t.parts[1].uuid, p.uuid);
+        assert_eq!(
+            t.parts[1], p,
+            "what add_end_partition returns is what is read back"
+        );
     }
 
     #[test]

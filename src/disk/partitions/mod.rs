@@ -3,7 +3,8 @@
 //! (gptman/mbrman) where IPA runs sgdisk/parted/hexdump. Everything is by byte offset on the
 //! whole disk: no partition device nodes are needed (loop devices without `-P` make none).
 //!
-//! - [`read_table`]: what is on the disk ([`Table`], [`Part`]);
+//! - [`read_table`]: what is on the disk ([`Table`], [`Part`]), the one reader (deploy, boot
+//!   and erase all read tables through it);
 //! - [`bounds`]: every table is checked on its raw bytes before gptman or mbrman reads it;
 //! - [`edit`]: a partition added at the end of the free space (config drives);
 //! - [`create`]: a new table from a plan (partition images);
@@ -16,48 +17,20 @@ pub(crate) mod create;
 pub(crate) mod edit;
 pub(crate) mod gpt;
 pub mod kernel;
+mod read;
 pub(crate) mod types;
 
 pub use bounds::TableError;
 pub use edit::{add_end_partition, LayoutError};
 pub use gpt::{relocate_backup_gpt, GptFix};
+pub use read::{
+    read_table, read_table_from, read_table_with, Part, PartType, Sectors, Table, TableKind,
+    ESP_MBR_TYPE, ESP_TYPE_GUID,
+};
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-
-/// Which partition table a disk has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableKind {
-    /// GUID partition table.
-    Gpt,
-    /// DOS/MBR table.
-    Mbr,
-}
-
-/// One partition, in bytes from the start of the disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Part {
-    /// Partition number (1-based).
-    pub number: u32,
-    /// First byte.
-    pub start: u64,
-    /// Length in bytes.
-    pub size: u64,
-    /// GPT unique partition GUID (lowercase, dashed), when GPT.
-    pub uuid: Option<String>,
-}
-
-/// The partitions of a disk, with its table kind and logical sector size.
-#[derive(Debug, Clone)]
-pub struct Table {
-    /// GPT or MBR.
-    pub kind: TableKind,
-    /// Logical sector size the table uses.
-    pub sector: u64,
-    /// Used entries, by number.
-    pub parts: Vec<Part>,
-}
 
 /// Formats a GUID stored as gptman keeps it (mixed-endian, as on disk).
 pub fn guid_string(g: &[u8; 16]) -> String {
@@ -74,49 +47,6 @@ pub fn uuid_to_guid(u: &uuid::Uuid) -> [u8; 16] {
         b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
         b[14], b[15],
     ]
-}
-
-/// Reads the partition table, if any. A table out of [`bounds`] is an error, not "no table".
-pub fn read_table(file: &File) -> Result<Option<Table>, TableError> {
-    let mut f = file;
-    read_table_from(&mut f)
-}
-
-/// [`read_table`] from anything readable (a disk, an image in memory).
-#[doc(hidden)]
-pub fn read_table_from<R: Read + Seek>(f: &mut R) -> Result<Option<Table>, TableError> {
-    if let Some(gpt) = bounds::find_gpt(f)? {
-        let ss = gpt.sector_size;
-        let parts = gpt
-            .iter()
-            .filter(|(_, p)| p.is_used())
-            .map(|(n, p)| Part {
-                number: n,
-                start: p.starting_lba * ss,
-                size: (p.ending_lba + 1 - p.starting_lba) * ss,
-                uuid: Some(guid_string(&p.unique_partition_guid)),
-            })
-            .collect();
-        return Ok(Some(Table {
-            kind: TableKind::Gpt,
-            sector: ss,
-            parts,
-        }));
-    }
-    Ok(bounds::read_mbr(f, 512)?.map(|mbr| Table {
-        kind: TableKind::Mbr,
-        sector: 512,
-        parts: mbr
-            .iter()
-            .filter(|(_, p)| p.is_used())
-            .map(|(n, p)| Part {
-                number: n as u32,
-                start: u64::from(p.starting_lba) * 512,
-                size: u64::from(p.sectors) * 512,
-                uuid: None,
-            })
-            .collect(),
-    }))
 }
 
 /// Everything rivet does with a partition table read from untrusted bytes, on a copy in
