@@ -24,14 +24,22 @@ pub(crate) struct ServerTls {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A certificate or key file could not be read.
-    #[error("cannot read {0}: {1}")]
-    File(std::path::PathBuf, String),
+    #[error("cannot read {}: {source}", path.display())]
+    File {
+        /// The PEM file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: rustls::pki_types::pem::Error,
+    },
     /// The auto-TLS certificate could not be made.
     #[error("cannot make the agent certificate: {0}")]
-    Certificate(String),
+    Certificate(#[source] rcgen::Error),
+    /// The auto-TLS key could not be used as a private key.
+    #[error("cannot make the agent certificate: {0}")]
+    PrivateKey(&'static str),
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
-    Config(String),
+    Config(#[source] rustls::Error),
 }
 
 fn server_config(
@@ -47,10 +55,10 @@ fn server_config(
     };
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
-        .map_err(|e| TlsError::Config(e.to_string()))?
+        .map_err(TlsError::Config)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(TlsError::Config)?;
     Ok(Arc::new(cfg))
 }
 
@@ -60,12 +68,15 @@ pub(crate) fn static_tls(
     key_file: &Path,
     min_version: TlsVersion,
 ) -> Result<ServerTls, TlsError> {
+    let unreadable = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::File { path, source }
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| TlsError::File(cert_file.to_owned(), e.to_string()))?
+        .map_err(unreadable(cert_file))?
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::File(cert_file.to_owned(), e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| TlsError::File(key_file.to_owned(), e.to_string()))?;
+        .map_err(unreadable(cert_file))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(unreadable(key_file))?;
     Ok(ServerTls {
         config: server_config(certs, key, min_version)?,
         verify_ca: None,
@@ -84,8 +95,7 @@ pub(crate) fn auto_tls(
         Curve::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
         Curve::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
     };
-    let key =
-        rcgen::KeyPair::generate_for(alg).map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let key = rcgen::KeyPair::generate_for(alg).map_err(TlsError::Certificate)?;
     let mut params = rcgen::CertificateParams::default();
     let host = rustix::system::uname()
         .nodename()
@@ -103,9 +113,7 @@ pub(crate) fn auto_tls(
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - Duration::from_secs(3600);
     params.not_after = now + Duration::from_secs(30 * 24 * 3600);
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let cert = params.self_signed(&key).map_err(TlsError::Certificate)?;
     let pem = cert.pem();
     if let Some(dir) = state_dir {
         let written = std::fs::create_dir_all(dir)
@@ -118,8 +126,7 @@ pub(crate) fn auto_tls(
             );
         }
     }
-    let key_der = PrivateKeyDer::try_from(key.serialize_der())
-        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(TlsError::PrivateKey)?;
     Ok(ServerTls {
         config: server_config(vec![cert.der().clone()], key_der, min_version)?,
         verify_ca: Some(pem),

@@ -88,10 +88,17 @@ pub(crate) fn build_client(
 ) -> std::result::Result<reqwest::Client, ClientError> {
     let mut roots = Vec::new();
     if let Some(ca) = &cfg.cafile {
-        let pem = std::fs::read(ca)
-            .map_err(|e| ClientError(format!("Cannot read cafile {}: {e}", ca.display())))?;
-        roots = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| ClientError(format!("Invalid cafile {}: {e}", ca.display())))?;
+        let pem = std::fs::read(ca).map_err(|source| ClientError::Read {
+            what: "cafile",
+            path: ca.clone(),
+            source,
+        })?;
+        roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+            ClientError::InvalidCafile {
+                path: ca.clone(),
+                source,
+            }
+        })?;
     }
     let b = configure(cfg, proxies, no_proxy)?.tls_certs_merge(roots.clone());
     match b.build() {
@@ -106,21 +113,51 @@ pub(crate) fn build_client(
             configure(cfg, proxies, no_proxy)?
                 .tls_certs_only(roots)
                 .build()
-                .map_err(|e| {
-                    ClientError(format!("Cannot build the HTTP client: {}", error_chain(&e)))
-                })
+                .map_err(ClientError::Build)
         }
-        Err(e) => Err(ClientError(format!(
-            "Cannot build the HTTP client: {}",
-            error_chain(&e)
-        ))),
+        Err(e) => Err(ClientError::Build(e)),
     }
 }
 
 /// The HTTP client could not be made (a bad TLS file, a bad proxy).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct ClientError(String);
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A TLS file cannot be read.
+    #[error("Cannot read {what} {}: {source}", path.display())]
+    Read {
+        /// `cafile`, `certfile` or `keyfile`.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The CA file holds no usable certificate.
+    #[error("Invalid cafile {}: {source}", path.display())]
+    InvalidCafile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: reqwest::Error,
+    },
+    /// The client certificate and key do not make an identity.
+    #[error("Invalid client certificate or key: {0}")]
+    Identity(#[source] reqwest::Error),
+    /// Only one of `certfile` and `keyfile` is set.
+    #[error("certfile and keyfile must be given together")]
+    HalfIdentity,
+    /// A proxy URL reqwest refuses.
+    #[error("Invalid proxy {target}: {source}")]
+    Proxy {
+        /// The proxy URL.
+        target: String,
+        /// The cause.
+        source: reqwest::Error,
+    },
+    /// reqwest could not build the client (the message has the whole chain of causes).
+    #[error("Cannot build the HTTP client: {}", error_chain(.0))]
+    Build(#[source] reqwest::Error),
+}
 
 /// Everything of the client but its trust roots.
 fn configure(
@@ -148,22 +185,20 @@ fn configure(
     }
     match (&cfg.certfile, &cfg.keyfile) {
         (Some(c), Some(k)) => {
-            let read = |p: &std::path::Path, what: &str| {
-                std::fs::read(p)
-                    .map_err(|e| ClientError(format!("Cannot read {what} {}: {e}", p.display())))
+            let read = |p: &std::path::Path, what: &'static str| {
+                std::fs::read(p).map_err(|source| ClientError::Read {
+                    what,
+                    path: p.to_path_buf(),
+                    source,
+                })
             };
             let mut pem = read(c, "certfile")?;
             pem.extend(read(k, "keyfile")?);
-            let id = reqwest::Identity::from_pem(&pem)
-                .map_err(|e| ClientError(format!("Invalid client certificate or key: {e}")))?;
+            let id = reqwest::Identity::from_pem(&pem).map_err(ClientError::Identity)?;
             b = b.identity(id);
         }
         (None, None) => {}
-        _ => {
-            return Err(ClientError(
-                "certfile and keyfile must be given together".into(),
-            ))
-        }
+        _ => return Err(ClientError::HalfIdentity),
     }
     let no_proxy = no_proxy.and_then(reqwest::NoProxy::from_string);
     for (scheme, target) in proxies {
@@ -173,7 +208,10 @@ fn configure(
             "all" => reqwest::Proxy::all(target),
             _ => continue,
         }
-        .map_err(|e| ClientError(format!("Invalid proxy {target}: {e}")))?;
+        .map_err(|source| ClientError::Proxy {
+            target: target.clone(),
+            source,
+        })?;
         b = b.proxy(p.no_proxy(no_proxy.clone()));
     }
     Ok(b)

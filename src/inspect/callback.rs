@@ -34,7 +34,10 @@ pub enum InspectionError {
     },
     /// The HTTP client could not be built (TLS files).
     #[error("cannot set up the inspection client: {0}")]
-    Client(String),
+    Client(#[source] crate::image::fetch::ClientError),
+    /// The inspection data could not be serialized.
+    #[error("cannot set up the inspection client: {0}")]
+    Serialize(#[source] serde_json::Error),
 }
 
 /// tenacity's `wait_exponential(multiplier, min, max)` with `stop_after_attempt(attempts)`.
@@ -79,7 +82,7 @@ impl Callback {
     /// A client for `urls` with the settings' TLS options, request id and timeout.
     pub fn new(urls: Vec<String>, s: &Settings, retry: Retry) -> Result<Callback, InspectionError> {
         let client = crate::image::http::build_client(&s.fetch_config(), &Default::default(), None)
-            .map_err(|e| InspectionError::Client(e.to_string()))?;
+            .map_err(InspectionError::Client)?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
@@ -102,7 +105,7 @@ impl Callback {
     /// POSTs `data`; the node uuid of Ironic's answer (`uuid`, or `node.uuid` from newer
     /// answers) when it has one.
     pub async fn post(&self, data: &InspectionData) -> Result<Option<String>, InspectionError> {
-        let body = serde_json::to_vec(data).map_err(|e| InspectionError::Client(e.to_string()))?;
+        let body = serde_json::to_vec(data).map_err(InspectionError::Serialize)?;
         let mut attempt = 1;
         loop {
             let res = self.post_once(&body).await;
