@@ -270,9 +270,11 @@ impl ImageDownload {
             Err(BodyError::Stalled(d)) => Err(Failure::Retry(format!(
                 "Timed out reading {url}: no data for {d:?}"
             ))),
-            Err(BodyError::Transport(e)) => {
-                Err(Failure::Retry(format!("Error reading {url}: {e}")))
-            }
+            Err(BodyError::Transport(e)) => Err(Failure::Retry(format!(
+                "Error reading {url}: {}",
+                error_chain(&e)
+            ))),
+            Err(BodyError::Corrupt(e)) => Err(Failure::Retry(format!("Error reading {url}: {e}"))),
             Err(BodyError::Encoding(e)) => Err(Failure::Retry(format!("Error reading {url}: {e}"))),
         }
     }

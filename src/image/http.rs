@@ -227,7 +227,9 @@ pub(crate) enum BodyError {
     /// The operation's deadline passed.
     Deadline,
     /// The connection failed.
-    Transport(String),
+    Transport(reqwest::Error),
+    /// The encoded body does not decode.
+    Corrupt(std::io::Error),
     /// The server encoded the body in a way rivet does not decode.
     Encoding(super::encoding::UnsupportedEncoding),
 }
@@ -261,7 +263,7 @@ pub(crate) async fn read_body(
     };
     let decoded = |e: super::encoding::DecodeError<BodyError>| match e {
         super::encoding::DecodeError::Sink(e) => e,
-        super::encoding::DecodeError::Corrupt(e) => BodyError::Transport(e.to_string()),
+        super::encoding::DecodeError::Corrupt(e) => BodyError::Corrupt(e),
     };
     loop {
         let wait = match deadline {
@@ -269,7 +271,7 @@ pub(crate) async fn read_body(
             None => stall,
         };
         let chunk = match tokio::time::timeout(wait, body.next()).await {
-            Ok(Some(chunk)) => chunk.map_err(|e| BodyError::Transport(error_chain(&e)))?,
+            Ok(Some(chunk)) => chunk.map_err(BodyError::Transport)?,
             Ok(None) => break,
             Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
                 return Err(BodyError::Deadline)
@@ -309,9 +311,9 @@ pub enum FetchError {
     /// No data for this long while reading the body.
     #[error("timed out reading the body (no data for {0:?})")]
     Stalled(Duration),
-    /// Reading the body failed.
+    /// The encoded body does not decode.
     #[error("{0}")]
-    Body(String),
+    Corrupt(#[source] std::io::Error),
     /// The body is encoded in a way rivet does not decode.
     #[error(transparent)]
     Encoding(super::encoding::UnsupportedEncoding),
@@ -351,7 +353,8 @@ pub fn fetch_bytes(
                 BodyError::TooLarge(n) => FetchError::TooLarge(n),
                 BodyError::Stalled(d) => FetchError::Stalled(d),
                 BodyError::Deadline => over(),
-                BodyError::Transport(t) => FetchError::Body(t),
+                BodyError::Transport(t) => FetchError::Request(t),
+                BodyError::Corrupt(e) => FetchError::Corrupt(e),
                 BodyError::Encoding(e) => FetchError::Encoding(e),
             })
     })
