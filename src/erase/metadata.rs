@@ -197,14 +197,13 @@ fn refresh_kernel_partitions(disk: &Disk) -> Result<(bool, Vec<u32>), DeviceErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::erase::parts::PartType;
 
     fn part(start: u64, size: u64) -> Partition {
         Partition {
             number: 1,
             start,
             size,
-            kind: PartType::Unknown,
+            kind: None,
         }
     }
 

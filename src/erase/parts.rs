@@ -8,17 +8,7 @@ use std::fs::File;
 use std::io::{Read, Seek};
 
 use super::kernel::KernelPart;
-
-/// A partition's type, as its table records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PartType {
-    /// GPT partition type GUID, as text (upper case, dashed).
-    Gpt([u8; 16]),
-    /// MBR system id.
-    Mbr(u8),
-    /// Known only to the kernel (sysfs), not in the table.
-    Unknown,
-}
+pub(crate) use crate::disk::partitions::PartType;
 
 /// One partition, in bytes from the start of the disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,15 +19,15 @@ pub(crate) struct Partition {
     pub start: u64,
     /// Length in bytes.
     pub size: u64,
-    /// Type from the table.
-    pub kind: PartType,
+    /// Type from the table; `None` for one only the kernel knows (sysfs).
+    pub kind: Option<PartType>,
 }
 
 /// The table's partitions ([`crate::disk::partitions::read_table_with`], the disk's logical
 /// sector size first), `None` when there is no table or it cannot be read.
 fn read_table<R: Read + Seek>(r: &mut R, sector: u64) -> Option<Vec<Partition>> {
-    use crate::disk::partitions::{self as table, Sectors};
-    let t = match table::read_table_with(r, Sectors::Prefer(sector)) {
+    use crate::disk::partitions::{read_table_with, Sectors};
+    let t = match read_table_with(r, Sectors::Prefer(sector)) {
         Ok(t) => t?,
         Err(e) => {
             tracing::warn!("partition table not read: {e}");
@@ -51,10 +41,7 @@ fn read_table<R: Read + Seek>(r: &mut R, sector: u64) -> Option<Vec<Partition>> 
                 number: p.number,
                 start: p.start,
                 size: p.size,
-                kind: match p.kind {
-                    table::PartType::Gpt(g) => PartType::Gpt(g.to_bytes_le()),
-                    table::PartType::Mbr(t) => PartType::Mbr(t),
-                },
+                kind: Some(p.kind),
             })
             .collect(),
     )
@@ -76,7 +63,7 @@ pub(crate) fn all_partitions(
                 number: k.number,
                 start: k.start,
                 size: k.size,
-                kind: PartType::Unknown,
+                kind: None,
             });
         }
     }
@@ -87,36 +74,18 @@ pub(crate) fn all_partitions(
     parts
 }
 
-/// A GPT type GUID as text: gptman keeps GUIDs as stored on disk (mixed-endian).
-pub(crate) fn guid_text(g: &[u8; 16]) -> String {
-    format!(
-        "{:02X}{:02X}{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
-        g[3], g[2], g[1], g[0], g[5], g[4], g[7], g[6], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]
-    )
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use std::io::Cursor;
 
-    /// A GUID as gptman stores it, from its text.
-    pub(crate) fn guid_bytes(s: &str) -> [u8; 16] {
-        let u = uuid::Uuid::parse_str(s).unwrap();
-        let b = u.as_bytes();
-        [
-            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
-            b[14], b[15],
-        ]
-    }
-
     /// An in-memory GPT disk with partitions `(first_lba, last_lba, type)`.
-    pub(crate) fn gpt_disk(size: u64, ss: u64, parts: &[(u64, u64, &str)]) -> Vec<u8> {
+    fn gpt_disk(size: u64, ss: u64, parts: &[(u64, u64, &str)]) -> Vec<u8> {
         let mut c = Cursor::new(vec![0u8; size as usize]);
         let mut gpt = gptman::GPT::new_from(&mut c, ss, [7; 16]).unwrap();
         for (i, (first, last, ty)) in parts.iter().enumerate() {
             gpt[(i + 1) as u32] = gptman::GPTPartitionEntry {
-                partition_type_guid: guid_bytes(ty),
+                partition_type_guid: uuid::Uuid::parse_str(ty).unwrap().to_bytes_le(),
                 unique_partition_guid: [i as u8 + 1; 16],
                 starting_lba: *first,
                 ending_lba: *last,
@@ -139,10 +108,10 @@ pub(crate) mod tests {
             assert_eq!(parts.len(), 2);
             assert_eq!(parts[1].start, 128 * ss);
             assert_eq!(parts[1].size, 128 * ss);
-            let PartType::Gpt(g) = parts[0].kind else {
+            let Some(PartType::Gpt(g)) = parts[0].kind else {
                 panic!()
             };
-            assert_eq!(guid_text(&g), LINUX);
+            assert_eq!(g, uuid::Uuid::parse_str(LINUX).unwrap());
         }
     }
 
@@ -191,9 +160,9 @@ pub(crate) mod tests {
         assert_eq!(
             numbers,
             vec![
-                (1, PartType::Mbr(0x83)),
-                (2, PartType::Mbr(0x0f)),
-                (5, PartType::Mbr(0xfb))
+                (1, Some(PartType::Mbr(0x83))),
+                (2, Some(PartType::Mbr(0x0f))),
+                (5, Some(PartType::Mbr(0xfb)))
             ]
         );
         assert_eq!(parts[2].start, 10240 * 512);

@@ -17,12 +17,15 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::parts::{guid_text, PartType, Partition};
+use super::parts::{PartType, Partition};
 
-const GUARDED_GPT: [(&str, &str); 2] = [
-    ("37AFFC90-EF7D-4E96-91C3-2D7AE055B174", "IBM GPFS Partition"),
+const GUARDED_GPT: [(uuid::Uuid, &str); 2] = [
     (
-        "AA31E02A-400F-11DB-9590-000C2911D1B8",
+        uuid::uuid!("37AFFC90-EF7D-4E96-91C3-2D7AE055B174"),
+        "IBM GPFS Partition",
+    ),
+    (
+        uuid::uuid!("AA31E02A-400F-11DB-9590-000C2911D1B8"),
         "VMware VMFS Partition (GPT)",
     ),
 ];
@@ -65,15 +68,12 @@ pub(crate) fn has_gfs2(f: &File, area: Area) -> bool {
 }
 
 /// What IPA's `_check_for_special_partitions_filesystems` would call this partition type.
-pub(crate) fn guarded_type(kind: PartType) -> Option<&'static str> {
-    match kind {
-        PartType::Gpt(g) => {
-            let text = guid_text(&g);
-            GUARDED_GPT
-                .iter()
-                .find(|(id, _)| id.eq_ignore_ascii_case(&text))
-                .map(|(_, what)| *what)
-        }
+pub(crate) fn guarded_type(kind: Option<PartType>) -> Option<&'static str> {
+    match kind? {
+        PartType::Gpt(g) => GUARDED_GPT
+            .iter()
+            .find(|(id, _)| *id == g)
+            .map(|(_, what)| *what),
         PartType::Mbr(t) if t == VMFS_MBR.0 => Some(VMFS_MBR.1),
         _ => None,
     }
@@ -192,7 +192,6 @@ pub(crate) fn is_virtual_media(dev: (u32, u32)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::erase::parts::tests::guid_bytes;
     use std::io::Write;
 
     fn file_with(size: u64, writes: &[(u64, &[u8])]) -> File {
@@ -207,21 +206,22 @@ mod tests {
 
     #[test]
     fn guarded_partition_types() {
-        let vmfs = guid_bytes("aa31e02a-400f-11db-9590-000c2911d1b8");
+        let vmfs = uuid::uuid!("aa31e02a-400f-11db-9590-000c2911d1b8");
         assert_eq!(
-            guarded_type(PartType::Gpt(vmfs)),
+            guarded_type(Some(PartType::Gpt(vmfs))),
             Some("VMware VMFS Partition (GPT)")
         );
-        let gpfs = guid_bytes("37AFFC90-EF7D-4E96-91C3-2D7AE055B174");
+        let gpfs = uuid::uuid!("37AFFC90-EF7D-4E96-91C3-2D7AE055B174");
         assert_eq!(
-            guarded_type(PartType::Gpt(gpfs)),
+            guarded_type(Some(PartType::Gpt(gpfs))),
             Some("IBM GPFS Partition")
         );
         assert_eq!(
-            guarded_type(PartType::Mbr(0xfb)),
+            guarded_type(Some(PartType::Mbr(0xfb))),
             Some("VMware VMFS Partition (MBR)")
         );
-        assert_eq!(guarded_type(PartType::Mbr(0x83)), None);
+        assert_eq!(guarded_type(Some(PartType::Mbr(0x83))), None);
+        assert_eq!(guarded_type(None), None);
     }
 
     #[test]
@@ -235,7 +235,7 @@ mod tests {
             number: 3,
             start: 1 << 20,
             size: 2 << 20,
-            kind: PartType::Unknown,
+            kind: None,
         };
         assert_eq!(protected(&f, 4 << 20, &[p]), Some((Some(3), GFS2)));
         assert_eq!(protected(&f, 4 << 20, &[]), None);
