@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::error::{BootError, CsvError};
-use super::partitions::{disk_partitions, Partition};
+use super::partitions::{read_partitions, Partition};
 
 /// IPA's `BOOTLOADERS_EFI`: the file names (lower case) that mark a boot loader or a CSV.
 pub const BOOTLOADERS_EFI: [&str; 13] = [
@@ -129,7 +129,7 @@ pub fn no_esp_message(disk: &Path) -> String {
 
 /// Finds the ESP: the first ESP-typed partition, else the one `esp_uuid` names.
 pub fn find_esp(disk: &Path, esp_uuid: Option<&str>) -> Result<Partition, BootError> {
-    let parts = disk_partitions(disk)?;
+    let parts = read_partitions(disk)?;
     if let Some(p) = parts.iter().find(|p| p.is_esp()) {
         tracing::debug!(
             "found EFI partition {} on {}",
@@ -155,7 +155,7 @@ pub fn find_esp(disk: &Path, esp_uuid: Option<&str>) -> Result<Partition, BootEr
 /// Whether `id` is the partition's PARTUUID, or its FAT volume serial (`XXXX-XXXX`, as blkid
 /// prints a vfat UUID) or label: the three columns IPA compares in lsblk's output.
 fn partition_has_id(disk: &Path, p: &Partition, id: &str) -> bool {
-    if p.partuuid.eq_ignore_ascii_case(id) {
+    if p.partuuid().eq_ignore_ascii_case(id) {
         return true;
     }
     let Ok(fs) = open_fat(disk, p) else {

@@ -21,7 +21,7 @@ pub struct Partition {
     /// Where it is, as the Hard Drive node says it.
     pub hd: HardDrive,
     /// Its PARTUUID as lsblk prints it.
-    pub partuuid: String,
+    partuuid: String,
 }
 
 impl Partition {
@@ -41,6 +41,11 @@ impl Partition {
             partuuid: table.partuuid(part),
             part: part.clone(),
         }
+    }
+
+    /// Its PARTUUID as lsblk prints it (lowercase GUID, or `<disk signature>-<number>`).
+    pub fn partuuid(&self) -> &str {
+        &self.partuuid
     }
 
     /// True for an EFI System Partition (the GPT type GUID, or MBR type 0xEF), which is what
@@ -65,8 +70,9 @@ impl Partition {
     }
 }
 
-/// The used partitions of a disk, by number; empty when it has no table rivet can read.
-pub(crate) fn disk_partitions(disk: &Path) -> Result<Vec<Partition>, BootError> {
+/// The used partitions of a disk, by number (through the one table reader); empty when it has
+/// no table rivet can read.
+pub(crate) fn read_partitions(disk: &Path) -> Result<Vec<Partition>, BootError> {
     let mut f = File::open(disk).map_err(|e| BootError::disk(disk, e))?;
     let sectors = match block_sector_size(&f, disk)? {
         Some(ss) => Sectors::Exactly(ss),
