@@ -3,7 +3,8 @@
 //! provide (cleaning), deploy a whole-disk image with a config drive, boot it from disk through
 //! the boot entry rivet wrote, undeploy (cleaning), then a qcow2 deploy and a deploy with a
 //! wrong checksum. The work is done by `tests/vm/lifecycle.py` (network namespace, dnsmasq,
-//! Ironic, the BMC); this test builds the ramdisk from the rivet binary cargo just built, runs it, and prints its phase table.
+//! Ironic, the BMC); this test builds the ramdisk from the rivet binary cargo just built, runs
+//! it, and prints its phase table.
 //!
 //! Skips (with the reason) when not root or when QEMU/OVMF are missing. Environment:
 //! `RIVET_VM_RAMDISK=DIR` uses a ramdisk already built (`ramdisk/build.sh --out DIR`);
