@@ -27,6 +27,7 @@ pub mod disk;
 pub mod erase;
 pub mod errors;
 pub(crate) mod external;
+pub mod fuzzing;
 pub mod image;
 pub mod inspect;
 pub mod system;
