@@ -16,8 +16,11 @@ use crate::image::format::inspect;
 use crate::image::format::qcow2::{GuestSink, Header, Qcow2Stream};
 use crate::image::info::{check_url_schemes, ImageInfo};
 
+/// A harness: arbitrary bytes in, a panic on a bug.
+pub type Harness = fn(&[u8]);
+
 /// Every harness by name, as the fuzz targets and the corpus directories are named.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("qcow2", qcow2),
     ("partition_tables", partition_tables),
     ("checksum_file", checksum_file),
@@ -39,7 +42,11 @@ struct Bounded(u64);
 impl GuestSink for Bounded {
     fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
         let end = off.checked_add(data.len() as u64);
-        assert!(end.is_some_and(|e| e <= self.0), "write at {off} past {}", self.0);
+        assert!(
+            end.is_some_and(|e| e <= self.0),
+            "write at {off} past {}",
+            self.0
+        );
         Ok(())
     }
 }
@@ -159,7 +166,11 @@ pub fn compressed(data: &[u8]) {
     let mut head: Vec<u8> = Vec::new();
     let mut total = 0usize;
     let mut emit = |b: Vec<u8>| {
-        assert!(!b.is_empty() && b.len() <= CHUNK, "buffer of {} bytes", b.len());
+        assert!(
+            !b.is_empty() && b.len() <= CHUNK,
+            "buffer of {} bytes",
+            b.len()
+        );
         if head.len() < 1 << 16 {
             head.extend_from_slice(&b[..b.len().min((1 << 16) - head.len())]);
         }
