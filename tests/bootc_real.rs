@@ -74,11 +74,15 @@ fn available(test: &str) -> bool {
     let tools = ["podman", "runc", "docker-registry", "htpasswd", "sgdisk"];
     let missing: Vec<&str> = tools.into_iter().filter(|t| which(t).is_none()).collect();
     // The test image's rootfs is a static busybox (Debian's busybox-static), nothing else.
-    let busybox = sh("ldd", &["/bin/busybox"], &[]).1.contains("not a dynamic executable");
+    let busybox = sh("ldd", &["/bin/busybox"], &[])
+        .1
+        .contains("not a dynamic executable");
     if missing.is_empty() && busybox {
         return true;
     }
-    let why = format!("missing {missing:?} (busybox-static present: {busybox}); scripts/test.sh installs them");
+    let why = format!(
+        "missing {missing:?} (busybox-static present: {busybox}); scripts/test.sh installs them"
+    );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: {why}");
     }
@@ -205,10 +209,22 @@ fn build_and_push(dir: &Path, env: &[(String, String)], reference: &str, bootc: 
     }
     std::fs::write(root.join("usr/bin/bootc"), bootc).unwrap();
     let sparse = dir.join("gpt-model.img");
-    std::fs::File::create(&sparse).unwrap().set_len(DISK).unwrap();
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(DISK)
+        .unwrap();
     let (ok, out) = sh(
         "sgdisk",
-        &["-o", "-n", "1:2048:+1M", "-t", "1:ef00", "-n", "2:4096:+4M", sparse.to_str().unwrap()],
+        &[
+            "-o",
+            "-n",
+            "1:2048:+1M",
+            "-t",
+            "1:ef00",
+            "-n",
+            "2:4096:+4M",
+            sparse.to_str().unwrap(),
+        ],
         &[],
     );
     assert!(ok, "sgdisk: {out}");
@@ -216,14 +232,31 @@ fn build_and_push(dir: &Path, env: &[(String, String)], reference: &str, bootc: 
     std::fs::write(root.join("gpt-head.bin"), &model[..34 * 512]).unwrap();
     std::fs::write(root.join("gpt-tail.bin"), &model[model.len() - 33 * 512..]).unwrap();
     let tar = dir.join("rootfs.tar");
-    let (ok, out) = sh("chmod", &["755", root.join("usr/bin/bootc").to_str().unwrap()], &[]);
+    let (ok, out) = sh(
+        "chmod",
+        &["755", root.join("usr/bin/bootc").to_str().unwrap()],
+        &[],
+    );
     assert!(ok, "{out}");
-    let (ok, out) = sh("tar", &["-C", root.to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."], &[]);
+    let (ok, out) = sh(
+        "tar",
+        &[
+            "-C",
+            root.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ],
+        &[],
+    );
     assert!(ok, "tar: {out}");
     let (ok, out) = podman(&["import", tar.to_str().unwrap(), reference], env);
     assert!(ok, "podman import: {out}");
     let (ok, out) = podman(&["push", reference], env);
-    assert!(!ok && out.contains("authentication required"), "anonymous push: {out}");
+    assert!(
+        !ok && out.contains("authentication required"),
+        "anonymous push: {out}"
+    );
     let (ok, out) = podman(&["push", "--creds", "tuser:tpass", reference], env);
     assert!(ok, "podman push: {out}");
     let (ok, out) = podman(&["rmi", reference], env);
@@ -251,7 +284,12 @@ fn setup(extra_agent_args: &[&str]) -> Setup {
     let port = registry.port;
     let dev = LoopDev::sparse(d, "disk", DISK, &[]);
     let (agent, log, agent_tmp) = start_agent(d, &dev.dev, port, extra_agent_args);
-    let build = podman_env(d, "build", port, &d.join("build-store").display().to_string());
+    let build = podman_env(
+        d,
+        "build",
+        port,
+        &d.join("build-store").display().to_string(),
+    );
     let reference = format!("127.0.0.1:{port}/rivet/bootc:1");
     let pid = agent.pid();
     build_and_push(d, &build, &reference, &bootc_script(pid, &agent_tmp, false));
@@ -259,10 +297,20 @@ fn setup(extra_agent_args: &[&str]) -> Setup {
     build_and_push(d, &build, &failing, &bootc_script(pid, &agent_tmp, true));
     // The registry refuses an anonymous pull, and takes the credentials.
     let (ok, out) = podman(&["pull", &reference], &build);
-    assert!(!ok && out.contains("unauthorized: authentication required"), "{out}");
+    assert!(
+        !ok && out.contains("unauthorized: authentication required"),
+        "{out}"
+    );
     let (ok, out) = podman(&["pull", "--creds", "tuser:tpass", &reference], &build);
     assert!(ok, "{out}");
-    Setup { agent, dev, registry: Some(registry), log, reference, dir }
+    Setup {
+        agent,
+        dev,
+        registry: Some(registry),
+        log,
+        reference,
+        dir,
+    }
 }
 
 /// `rivet serve` through `env ... unshare`: a private mount namespace whose /dev holds only
@@ -278,7 +326,10 @@ fn start_agent(d: &Path, dev: &Path, port: u16, extra: &[&str]) -> (AgentProc, P
     let tmp = PathBuf::from(&env.iter().find(|(k, _)| k == "TMPDIR").unwrap().1);
     let log = d.join("podman.log");
     let stubs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stubs/real-podman");
-    env.push(("PATH".into(), format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap())));
+    env.push((
+        "PATH".into(),
+        format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap()),
+    ));
     env.push(("RIVET_REAL_PODMAN".into(), which("podman").unwrap()));
     env.push(("RIVET_PODMAN_LOG".into(), log.display().to_string()));
     let m = std::fs::metadata(dev).unwrap();
@@ -296,12 +347,29 @@ fn start_agent(d: &Path, dev: &Path, port: u16, extra: &[&str]) -> (AgentProc, P
     let mut wrapper: Vec<String> = vec!["env".into()];
     wrapper.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
     wrapper.extend(
-        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"]
-            .map(String::from),
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ]
+        .map(String::from),
     );
     let conf = d.join("containers.conf.d");
     let devs = dev.display().to_string();
-    let mut args = vec!["--agent-token", T, "--block-devices", &devs, "--root-device", &devs];
+    let mut args = vec![
+        "--agent-token",
+        T,
+        "--block-devices",
+        &devs,
+        "--root-device",
+        &devs,
+    ];
     let conf_s = conf.display().to_string();
     args.extend(["--containers-conf-dir", &conf_s]);
     args.extend(extra);
@@ -319,7 +387,10 @@ fn step(source: &str, secret: Option<&str>, configdrive: Option<&str>) -> Value 
 
 /// rivet's podman calls, without its one-time `pull --help` probe (checked on its own).
 fn calls(log: &Path) -> Vec<Vec<String>> {
-    all_calls(log).into_iter().filter(|c| c != &["pull", "--help"]).collect()
+    all_calls(log)
+        .into_iter()
+        .filter(|c| c != &["pull", "--help"])
+        .collect()
 }
 
 fn all_calls(log: &Path) -> Vec<Vec<String>> {
@@ -334,15 +405,20 @@ fn all_calls(log: &Path) -> Vec<Vec<String>> {
 fn record(dev: &Path) -> Vec<String> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 64 * 1024];
-    std::fs::File::open(dev).unwrap().read_exact_at(&mut buf, MARK_SECTOR * 512).unwrap();
+    std::fs::File::open(dev)
+        .unwrap()
+        .read_exact_at(&mut buf, MARK_SECTOR * 512)
+        .unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
     let text = text.split("END\n").next().unwrap().to_string();
     text.lines().map(str::to_owned).collect()
 }
 
 fn configdrive() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/configdrive.b64"))
-        .unwrap()
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/configdrive.b64"),
+    )
+    .unwrap()
 }
 
 /// (start, size) in sectors of each partition on `dev`, from `sfdisk -J`.
@@ -366,8 +442,17 @@ fn real_podman_pulls_with_the_secret_installs_and_adds_the_config_drive() {
     let s = setup(&[]);
     let source = format!("oci://{}", s.reference);
     let secret = ironic_secret("tuser", "tpass");
-    let v = common::post_command(s.agent.port, T, &step(&source, Some(&secret), Some(&configdrive())));
-    assert_eq!(v["command_status"], "SUCCEEDED", "{v}\n{}", s.agent.log_text());
+    let v = common::post_command(
+        s.agent.port,
+        T,
+        &step(&source, Some(&secret), Some(&configdrive())),
+    );
+    assert_eq!(
+        v["command_status"],
+        "SUCCEEDED",
+        "{v}\n{}",
+        s.agent.log_text()
+    );
     let dev = s.dev.dev.display().to_string();
     assert_eq!(
         v["command_result"]["deploy_result"]["result"],
@@ -378,32 +463,70 @@ fn real_podman_pulls_with_the_secret_installs_and_adds_the_config_drive() {
     assert_eq!(all_calls(&s.log)[0], ["pull", "--help"]);
     let c = calls(&s.log);
     assert_eq!(c.len(), 2, "{c:?}");
-    let authfile = c[0][1].strip_prefix("--authfile=").expect("--authfile").to_string();
-    assert!(Path::new(&authfile).file_name().unwrap().to_string_lossy().starts_with("ipa-container-auth-"));
-    assert_eq!(c[0], ["pull".to_string(), format!("--authfile={authfile}"), s.reference.clone()]);
+    let authfile = c[0][1]
+        .strip_prefix("--authfile=")
+        .expect("--authfile")
+        .to_string();
+    assert!(Path::new(&authfile)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("ipa-container-auth-"));
+    assert_eq!(
+        c[0],
+        [
+            "pull".to_string(),
+            format!("--authfile={authfile}"),
+            s.reference.clone()
+        ]
+    );
     assert!(!Path::new(&authfile).exists());
     assert_eq!(
         c[1].join(" "),
         format!("--log-level=debug run --rm --privileged --pid=host --pull=never -v /var/lib/containers:/var/lib/containers -v /dev:/dev {} bootc install to-disk --wipe --skip-fetch-check --root-size=256M --disable-selinux {dev}", s.reference)
     );
     let at_run = std::fs::read_to_string(s.dir.path().join("podman.log.authatrun")).unwrap();
-    assert_eq!(at_run.trim(), "gone", "the secret must be gone before podman run");
+    assert_eq!(
+        at_run.trim(),
+        "gone",
+        "the secret must be gone before podman run"
+    );
     // What the stand-in bootc saw and did, read back from the device.
     let rec = record(&s.dev.dev);
-    let mut want: Vec<String> = ["RIVET-BOOTC-MARKER", "proc:readable", "secret:gone"].map(String::from).to_vec();
-    want.extend(c[1][c[1].iter().position(|a| a == "bootc").unwrap() + 1..].iter().map(|a| format!("arg:{a}")));
+    let mut want: Vec<String> = ["RIVET-BOOTC-MARKER", "proc:readable", "secret:gone"]
+        .map(String::from)
+        .to_vec();
+    want.extend(
+        c[1][c[1].iter().position(|a| a == "bootc").unwrap() + 1..]
+            .iter()
+            .map(|a| format!("arg:{a}")),
+    );
     assert_eq!(rec, want, "record on the device");
     // The config drive lands after bootc's partitions, which it leaves alone.
     let parts = partitions(&s.dev.dev);
     assert_eq!(parts.len(), 3, "{parts:?}");
     assert_eq!(parts[1], (MARK_SECTOR, 8192));
     let (start, size) = parts[2];
-    assert!(start >= MARK_SECTOR + 8192 && start + size <= DISK / 512, "{parts:?}");
+    assert!(
+        start >= MARK_SECTOR + 8192 && start + size <= DISK / 512,
+        "{parts:?}"
+    );
     let p = LoopDev::over_range(&s.dev.dev, start * 512, size * 512);
-    let (_, b) = sh("blkid", &["-p", "-o", "export", p.dev.to_str().unwrap()], &[]);
-    assert!(b.contains("TYPE=iso9660") && b.contains("LABEL=config-2"), "{b}");
+    let (_, b) = sh(
+        "blkid",
+        &["-p", "-o", "export", p.dev.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        b.contains("TYPE=iso9660") && b.contains("LABEL=config-2"),
+        "{b}"
+    );
     drop(p);
-    assert_eq!(record(&s.dev.dev), want, "the config drive must not touch bootc's data");
+    assert_eq!(
+        record(&s.dev.dev),
+        want,
+        "the config drive must not touch bootc's data"
+    );
 }
 
 fn assert_error(v: &Value, kind: &str, starts: &str, contains: &str) {
@@ -421,31 +544,61 @@ fn real_podman_failures_are_ipas_errors() {
     let mut s = setup(&[]);
     let port = s.registry.as_ref().unwrap().port;
     let post = |source: &str, secret: Option<&str>| {
-        common::post_command(s.agent.port, T, &step(&format!("oci://{source}"), secret, None))
+        common::post_command(
+            s.agent.port,
+            T,
+            &step(&format!("oci://{source}"), secret, None),
+        )
     };
-    let pull_failed = |r: &str| format!("Download of image {r} failed: Failed to pull container image: ");
+    let pull_failed =
+        |r: &str| format!("Download of image {r} failed: Failed to pull container image: ");
     let wrong = ironic_secret("tuser", "wrong");
     let v = post(&s.reference, Some(&wrong));
-    assert_error(&v, "ImageDownloadError", &pull_failed(&s.reference), "unauthorized: authentication required");
+    assert_error(
+        &v,
+        "ImageDownloadError",
+        &pull_failed(&s.reference),
+        "unauthorized: authentication required",
+    );
     let v = post(&s.reference, None);
-    assert_error(&v, "ImageDownloadError", &pull_failed(&s.reference), "unauthorized: authentication required");
+    assert_error(
+        &v,
+        "ImageDownloadError",
+        &pull_failed(&s.reference),
+        "unauthorized: authentication required",
+    );
     let good = ironic_secret("tuser", "tpass");
     let missing = format!("127.0.0.1:{port}/rivet/nothere:1");
     let v = post(&missing, Some(&good));
-    assert_error(&v, "ImageDownloadError", &pull_failed(&missing), "manifest unknown");
+    assert_error(
+        &v,
+        "ImageDownloadError",
+        &pull_failed(&missing),
+        "manifest unknown",
+    );
     // Refusals are not retried: one pull each so far.
     assert_eq!(calls(&s.log).len(), 3, "{:?}", calls(&s.log));
 
     let failing = format!("127.0.0.1:{port}/rivet/bootc:fail");
     let v = post(&failing, Some(&good));
     let dev = s.dev.dev.display();
-    assert_error(&v, "ImageWriteError", &format!("Writing image to device {dev} failed with exit code 1. stdout: "), "bootc: boom");
+    assert_error(
+        &v,
+        "ImageWriteError",
+        &format!("Writing image to device {dev} failed with exit code 1. stdout: "),
+        "bootc: boom",
+    );
 
     drop(s.registry.take());
     let before = calls(&s.log).len();
     let t = Instant::now();
     let v = post(&s.reference, Some(&good));
-    assert_error(&v, "ImageDownloadError", &pull_failed(&s.reference), "connection refused");
+    assert_error(
+        &v,
+        "ImageDownloadError",
+        &pull_failed(&s.reference),
+        "connection refused",
+    );
     // podman 4.3 retries inside each run; rivet re-runs it twice, 5 s apart.
     assert!(t.elapsed() >= Duration::from_secs(10), "{:?}", t.elapsed());
     assert_eq!(calls(&s.log).len() - before, 3, "{:?}", calls(&s.log));
@@ -458,7 +611,11 @@ fn real_bootc_deploys_disabled_by_configuration() {
     }
     let s = setup(&["--disable-bootc-deploy"]);
     let source = format!("oci://{}", s.reference);
-    let v = common::post_command(s.agent.port, T, &step(&source, Some(&ironic_secret("tuser", "tpass")), None));
+    let v = common::post_command(
+        s.agent.port,
+        T,
+        &step(&source, Some(&ironic_secret("tuser", "tpass")), None),
+    );
     assert_error(
         &v,
         "CommandExecutionError",

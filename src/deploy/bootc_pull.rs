@@ -37,7 +37,11 @@ pub(crate) fn knows_retry_delay() -> bool {
 }
 
 /// The argv (after `podman`) of one pull: IPA's, without `--retry-delay` for an older podman.
-pub(crate) fn pull_args(authfile: Option<&Path>, reference: &str, retry_delay: bool) -> Vec<String> {
+pub(crate) fn pull_args(
+    authfile: Option<&Path>,
+    reference: &str,
+    retry_delay: bool,
+) -> Vec<String> {
     let mut a = vec!["pull".to_string()];
     if let Some(f) = authfile {
         a.push(format!("--authfile={}", f.display()));
@@ -85,7 +89,9 @@ pub(crate) fn with_retries(
         if n >= attempts || is_permanent(&err) || start.elapsed() + delay > budget {
             return Err(err);
         }
-        tracing::warn!("podman pull failed (attempt {n} of {attempts}), retrying in {delay:?}: {err}");
+        tracing::warn!(
+            "podman pull failed (attempt {n} of {attempts}), retrying in {delay:?}: {err}"
+        );
         std::thread::sleep(delay);
     }
 }
