@@ -22,6 +22,13 @@ command -v efibootmgr >/dev/null || need+=(efibootmgr efivar) # boot tests cross
 command -v partx >/dev/null || need+=(util-linux)
 command -v xz >/dev/null || need+=(xz-utils)            # compressed-image tests
 command -v zstd >/dev/null || need+=(zstd)
+# tests/bootc_real.rs: the real podman (runc as its runtime), a registry with htpasswd auth,
+# and a static busybox for the test image's rootfs.
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+[ -x /bin/busybox ] || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "test.sh: installing ${need[*]}"
