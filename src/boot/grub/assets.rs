@@ -132,13 +132,18 @@ fn efi_boot_setup(req: &Grub2Request<'_>) -> Result<bool, crate::boot::BootError
 /// The UEFI branch of `_install_grub2`: `<bin>-install` and `<bin>-install --removable` in the
 /// chroot (failures only warned, as IPA), with a tmpfs holding a copy of the ESP on the image's
 /// `/boot/efi` in place of the vfat mount; what they wrote is then copied into the ESP.
+///
+/// Then, unlike IPA, the loaders get boot entries natively (failures warned): grub-install's
+/// own NVRAM update (efibootmgr in the chroot) finds no efivarfs under the chroot's fresh
+/// `/sys`, so in IPA too only the `--removable` fallback path usually makes the disk bootable.
 pub(super) fn grub_install_uefi(
     ch: &mut Chroot,
-    disk: &Path,
+    req: &Grub2Request<'_>,
     esp: &Partition,
     bin: &str,
     path: &str,
 ) -> Result<(), GrubError> {
+    let disk = req.device;
     tracing::warn!(
         "GRUB2 will be installed for UEFI on efi partition {} of {} using the install command \
          which does not place Secure Boot signed binaries.",
@@ -159,5 +164,10 @@ pub(super) fn grub_install_uefi(
     let n = esp_write::copy_into(&fs, &mnt, "").map_err(esp_err(disk))?;
     fs.unmount().map_err(esp_err(disk))?;
     tracing::debug!("{n} files of grub-install copied into the ESP");
+    match efi_boot_setup(req) {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("no UEFI boot entry written after grub-install"),
+        Err(e) => tracing::warn!("cannot write UEFI boot entries after grub-install: {e}"),
+    }
     Ok(())
 }

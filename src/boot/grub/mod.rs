@@ -9,6 +9,8 @@
 //! registered, the ESP goes into the image's fstab, and that is all ([`assets`]). Otherwise
 //! the image's own `grub-install` runs in the chroot: twice for UEFI (normal, then
 //! `--removable`; failures only warned), once onto the disk for BIOS; then `grub-mkconfig`.
+//! After a UEFI grub-install rivet also registers the loaders natively (IPA leaves that to
+//! grub-install, whose efibootmgr finds no efivarfs in the chroot).
 //!
 //! Deviations, because rivet's ramdisk has no vfat driver: the ESP is never mounted. Assets are
 //! written into it with fatfs ([`crate::boot::esp_write`]); for `grub-install` a tmpfs holding a
@@ -155,7 +157,7 @@ fn install(req: &Grub2Request<'_>, root: &Partition, probe: &Probe) -> Result<()
     let bin = binary_name(&ch);
     let path = path_variable();
     match &esp {
-        Some((esp, _)) => assets::grub_install_uefi(&mut ch, dev, esp, bin, &path)?,
+        Some((esp, _)) => assets::grub_install_uefi(&mut ch, req, esp, bin, &path)?,
         None => {
             tracing::info!("GRUB2 will be installed on disks [{}]", dev.display());
             ch.run(&format!("{bin}-install {}", dev.display()), &[("PATH", &path)])?;
