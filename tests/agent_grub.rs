@@ -52,11 +52,11 @@ esac
 /// The stand-in for `<bin>-mkconfig -o <file>`.
 fn grub_mkconfig(bin: &str) -> String {
     format!(
-        r#"#!/bin/sh
+        r##"#!/bin/sh
 echo "{bin}-mkconfig [$*] GRUB_DISABLE_OS_PROBER=$GRUB_DISABLE_OS_PROBER GRUB_SAVEDEFAULT=$GRUB_SAVEDEFAULT" >> /var/log/grub.log
 mkdir -p "$(dirname "$2")"
 echo "# made by the stand-in {bin}-mkconfig" > "$2"
-"#
+"##
     )
 }
 
@@ -168,6 +168,8 @@ fn disk(img: &Image) -> Disk {
     );
     place(&file, &root, ROOT_START);
     let lo = LoopDev::over_range(&file, 0, DISK_SIZE);
+    // A previous user of this loop number may have left BLKPG partitions behind.
+    let _ = Command::new("partx").arg("-d").arg(&lo.dev).output();
     add_kernel_partition(&lo.dev, 1, ESP_START, ESP_SIZE);
     add_kernel_partition(&lo.dev, 2, ROOT_START, ROOT_SIZE);
     let parts = [1, 2].map(|n| PathBuf::from(format!("{}p{n}", lo.dev.display())));
