@@ -69,7 +69,9 @@ struct Image {
 /// The root file system's tree.
 fn rootfs(dir: &Path, img: &Image) -> PathBuf {
     let r = dir.join("rootfs");
-    for d in ["bin", "usr/sbin", "etc", "var/log", "boot", "dev", "proc", "run", "sys"] {
+    for d in [
+        "bin", "usr/sbin", "etc", "var/log", "boot", "dev", "proc", "run", "sys",
+    ] {
         std::fs::create_dir_all(r.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
@@ -83,7 +85,10 @@ fn rootfs(dir: &Path, img: &Image) -> PathBuf {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     };
     exe(r.join(format!("usr/sbin/{bin}-install")), grub_install(bin));
-    exe(r.join(format!("usr/sbin/{bin}-mkconfig")), grub_mkconfig(bin));
+    exe(
+        r.join(format!("usr/sbin/{bin}-mkconfig")),
+        grub_mkconfig(bin),
+    );
     std::fs::write(
         r.join("etc/fstab"),
         format!("UUID={ROOT_UUID}\t/\text4\tdefaults\t0\t1\n"),
@@ -213,10 +218,7 @@ impl Disk {
             if enable { "true" } else { "false" },
         ];
         args.extend(extra);
-        let env = [(
-            "TMPDIR".to_string(),
-            self.agent_tmp().display().to_string(),
-        )];
+        let env = [("TMPDIR".to_string(), self.agent_tmp().display().to_string())];
         let parts: Vec<&Path> = self.parts.iter().map(PathBuf::as_path).collect();
         AgentProc::start_private_with(self.dir.path(), &[&self.lo.dev], &parts, &args, &env)
     }
@@ -272,9 +274,21 @@ fn tools(test: &str) -> Option<String> {
     if !loop_devices_available(test) {
         return None;
     }
-    let need = ["mkfs.vfat", "mmd", "mcopy", "mtype", "mdir", "sgdisk", "debugfs", "unshare"];
+    let need = [
+        "mkfs.vfat",
+        "mmd",
+        "mcopy",
+        "mtype",
+        "mdir",
+        "sgdisk",
+        "debugfs",
+        "unshare",
+    ];
     if !have(test, &need) || !Path::new("/bin/busybox").exists() {
-        assert!(std::env::var("CI").is_err(), "{test}: CI must have the tools");
+        assert!(
+            std::env::var("CI").is_err(),
+            "{test}: CI must have the tools"
+        );
         return None;
     }
     ironic_python(test)
@@ -328,8 +342,15 @@ fn efi_assets_of_the_image_are_preserved_into_the_esp() {
         "only grub2-mkconfig ran, in the chroot\n{diag}"
     );
     let listing = d.esp_listing();
-    assert_eq!(d.esp_file("EFI/debian/shimx64.efi").as_deref(), Some("MZ shim"), "{listing}");
-    assert_eq!(d.esp_file("EFI/debian/grubx64.efi").as_deref(), Some("MZ grub"));
+    assert_eq!(
+        d.esp_file("EFI/debian/shimx64.efi").as_deref(),
+        Some("MZ shim"),
+        "{listing}"
+    );
+    assert_eq!(
+        d.esp_file("EFI/debian/grubx64.efi").as_deref(),
+        Some("MZ grub")
+    );
     assert_eq!(
         d.esp_file("EFI/debian/grub.cfg").as_deref(),
         Some("# made by the stand-in grub2-mkconfig\n"),
@@ -346,7 +367,9 @@ fn efi_assets_of_the_image_are_preserved_into_the_esp() {
     );
     let fstab = d.root_file("/etc/fstab");
     assert!(
-        fstab.ends_with(&format!("UUID={ESP_UUID}\t/boot/efi\tvfat\tumask=0077\t0\t1\n")),
+        fstab.ends_with(&format!(
+            "UUID={ESP_UUID}\t/boot/efi\tvfat\tumask=0077\t0\t1\n"
+        )),
         "{fstab:?}"
     );
     // A second run adds no second fstab line.
@@ -380,16 +403,29 @@ fn without_efi_assets_grub_install_runs_twice_in_the_chroot() {
     let log = d.root_file("/var/log/grub.log");
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 3, "{log}\n{diag}");
-    assert!(lines[0].starts_with("grub-install [] blockdev=no proc=yes sys=yes PATH="), "{log}");
-    assert!(lines[0].ends_with(":/bin:/usr/sbin:/sbin"), "IPA's PATH: {log}");
+    assert!(
+        lines[0].starts_with("grub-install [] blockdev=no proc=yes sys=yes PATH="),
+        "{log}"
+    );
+    assert!(
+        lines[0].ends_with(":/bin:/usr/sbin:/sbin"),
+        "IPA's PATH: {log}"
+    );
     assert!(lines[1].starts_with("grub-install [--removable] "), "{log}");
     assert_eq!(
         lines[2],
         "grub-mkconfig [-o /boot/grub/grub.cfg] GRUB_DISABLE_OS_PROBER=true GRUB_SAVEDEFAULT=true"
     );
     let listing = d.esp_listing();
-    assert_eq!(d.esp_file("EFI/debian/grubx64.efi").as_deref(), Some("MZ grub\n"), "{listing}");
-    assert_eq!(d.esp_file("EFI/BOOT/BOOTX64.EFI").as_deref(), Some("MZ removable\n"));
+    assert_eq!(
+        d.esp_file("EFI/debian/grubx64.efi").as_deref(),
+        Some("MZ grub\n"),
+        "{listing}"
+    );
+    assert_eq!(
+        d.esp_file("EFI/BOOT/BOOTX64.EFI").as_deref(),
+        Some("MZ removable\n")
+    );
     let entry = boot_var_text(&d.vars(), "Boot0000");
     assert!(
         entry.contains("ironic1") && entry.contains("\\EFI\\BOOT\\BOOTX64.EFI"),
@@ -397,7 +433,9 @@ fn without_efi_assets_grub_install_runs_twice_in_the_chroot() {
     );
     let fstab = d.root_file("/etc/fstab");
     assert!(
-        fstab.ends_with(&format!("PARTUUID={partuuid}\t/boot/efi\tvfat\tumask=0077\t0\t1\n")),
+        fstab.ends_with(&format!(
+            "PARTUUID={partuuid}\t/boot/efi\tvfat\tumask=0077\t0\t1\n"
+        )),
         "the ESP named by its PARTUUID: {fstab:?}"
     );
 }
@@ -424,7 +462,9 @@ fn bios_grub_install_goes_onto_the_disk_and_failures_are_ipas() {
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 2, "{log}");
     assert!(
-        lines[0].starts_with(&format!("grub-install [{dev}] blockdev=yes proc=yes sys=yes")),
+        lines[0].starts_with(&format!(
+            "grub-install [{dev}] blockdev=yes proc=yes sys=yes"
+        )),
         "the disk's node is in the chroot's /dev: {log}"
     );
     assert!(lines[1].starts_with("grub-mkconfig [-o /boot/grub/grub.cfg]"));
@@ -459,7 +499,10 @@ fn a_failing_grub_install_is_a_command_execution_error_unless_ignored() {
         let a = d.agent(false, true, &[]);
         let (f, diag) = install(&py, &a, None, "bios");
         assert_eq!(f["command_status"], "FAILED", "{diag}");
-        assert_eq!(f["command_error"]["type"], "CommandExecutionError", "{diag}");
+        assert_eq!(
+            f["command_error"]["type"], "CommandExecutionError",
+            "{diag}"
+        );
         let details = f["command_error"]["details"].as_str().unwrap();
         assert!(
             details.starts_with(&format!(
@@ -483,5 +526,9 @@ fn a_failing_grub_install_is_a_command_execution_error_unless_ignored() {
         d.assert_clean(&a);
     }
     let log = d.root_file("/var/log/grub.log");
-    assert_eq!(log.lines().count(), 2, "grub-install ran each time, mkconfig never: {log}");
+    assert_eq!(
+        log.lines().count(),
+        2,
+        "grub-install ran each time, mkconfig never: {log}"
+    );
 }

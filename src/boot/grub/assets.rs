@@ -9,7 +9,7 @@ use std::path::Path;
 use rustix::fs::OFlags;
 
 use super::chroot::Chroot;
-use super::{configure_grub, GrubError, Grub2Request};
+use super::{configure_grub, Grub2Request, GrubError};
 use crate::boot::esp_write::{self, FatRw};
 use crate::boot::partitions::Partition;
 use crate::boot::{self, VarStore};

@@ -35,10 +35,13 @@ pub(crate) struct Chroot {
     mounts: Vec<PathBuf>,
     /// The root partition's device (a loop device over its range is detached after the
     /// unmount: fields drop after [`Drop::drop`]).
-    _part: PartDev,
+    part: PartDev,
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> GrubError + 'a {
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> GrubError + 'a {
     move |source| GrubError::Io {
         action,
         path: path.to_path_buf(),
@@ -56,22 +59,21 @@ impl Chroot {
         let mut me = Chroot {
             root: tmp.keep(),
             mounts: Vec::new(),
-            _part: part,
+            part,
         };
-        rustix::mount::mount(
-            &me._part.path,
-            &me.root,
-            fstype,
-            MountFlags::empty(),
-            None,
-        )
-        .map_err(|e| GrubError::Io {
-            action: "mount",
-            path: me._part.path.clone(),
-            source: e.into(),
-        })?;
+        rustix::mount::mount(&me.part.path, &me.root, fstype, MountFlags::empty(), None).map_err(
+            |e| GrubError::Io {
+                action: "mount",
+                path: me.part.path.clone(),
+                source: e.into(),
+            },
+        )?;
         me.mounts.push(me.root.clone());
-        tracing::debug!("mounted {} on {}", me._part.path.display(), me.root.display());
+        tracing::debug!(
+            "mounted {} on {}",
+            me.part.path.display(),
+            me.root.display()
+        );
         Ok(me)
     }
 
@@ -106,12 +108,18 @@ impl Chroot {
     /// Mounts an empty tmpfs on `rel` inside the root (made if missing); returns its path.
     pub fn mount_tmpfs(&mut self, rel: &str) -> Result<PathBuf, GrubError> {
         let target = self.dir_inside(rel)?;
-        rustix::mount::mount("rivet-esp", &target, "tmpfs", MountFlags::NOSUID, c"mode=0700")
-            .map_err(|e| GrubError::Io {
-                action: "mount a tmpfs on",
-                path: target.clone(),
-                source: e.into(),
-            })?;
+        rustix::mount::mount(
+            "rivet-esp",
+            &target,
+            "tmpfs",
+            MountFlags::NOSUID,
+            c"mode=0700",
+        )
+        .map_err(|e| GrubError::Io {
+            action: "mount a tmpfs on",
+            path: target.clone(),
+            source: e.into(),
+        })?;
         self.mounts.push(target.clone());
         Ok(target)
     }
@@ -130,7 +138,9 @@ impl Chroot {
                     return Err(GrubError::Io {
                         action: "use",
                         path: at,
-                        source: std::io::Error::other("not a directory (or a symlink) in the image"),
+                        source: std::io::Error::other(
+                            "not a directory (or a symlink) in the image",
+                        ),
                     })
                 }
                 Err(_) => std::fs::create_dir(&at).map_err(io_err("create", &at))?,
@@ -224,7 +234,10 @@ impl Drop for Chroot {
                 tracing::warn!("cannot remove {}: {e}", self.root.display());
             }
         } else {
-            tracing::warn!("{} left in place: something is still mounted", self.root.display());
+            tracing::warn!(
+                "{} left in place: something is still mounted",
+                self.root.display()
+            );
         }
     }
 }

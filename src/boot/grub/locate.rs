@@ -85,7 +85,8 @@ mod tests {
 
     #[test]
     fn blkid_export_is_parsed() {
-        let p = Probe::parse("DEVNAME=/dev/loop0\nUUID=ab-cd\nBLOCK_SIZE=4096\nTYPE=ext4\nLABEL=\n");
+        let p =
+            Probe::parse("DEVNAME=/dev/loop0\nUUID=ab-cd\nBLOCK_SIZE=4096\nTYPE=ext4\nLABEL=\n");
         assert_eq!(p.uuid.as_deref(), Some("ab-cd"));
         assert_eq!(p.fstype.as_deref(), Some("ext4"));
         assert_eq!(p.label, None, "an empty label is no label");

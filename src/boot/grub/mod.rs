@@ -90,8 +90,7 @@ pub fn install_grub2(req: &Grub2Request<'_>) -> Result<(), AgentError> {
     let dev = req.device;
     tracing::debug!("Installing GRUB2 bootloader on device {}", dev.display());
     let (root, probe) = locate::get_partition(dev, req.root_uuid)?;
-    if !req.efivars_dir.is_dir() && req.efi_system_part_uuid.is_none() && bootloader_loaded(dev)
-    {
+    if !req.efivars_dir.is_dir() && req.efi_system_part_uuid.is_none() && bootloader_loaded(dev) {
         tracing::info!(
             "Skipping installation of bootloader on device {} as it is already marked bootable.",
             dev.display()
@@ -160,7 +159,10 @@ fn install(req: &Grub2Request<'_>, root: &Partition, probe: &Probe) -> Result<()
         Some((esp, _)) => assets::grub_install_uefi(&mut ch, req, esp, bin, &path)?,
         None => {
             tracing::info!("GRUB2 will be installed on disks [{}]", dev.display());
-            ch.run(&format!("{bin}-install {}", dev.display()), &[("PATH", &path)])?;
+            ch.run(
+                &format!("{bin}-install {}", dev.display()),
+                &[("PATH", &path)],
+            )?;
             tracing::debug!("GRUB2 successfully installed on device {}", dev.display());
         }
     }
