@@ -60,10 +60,15 @@ echo "# made by the stand-in {bin}-mkconfig" > "$2"
     )
 }
 
+#[derive(Default)]
 struct Image {
     bin: &'static str,
     efi_assets: bool,
     grub_fails: bool,
+    /// `etc/fstab` is a symlink to `/etc/fstab.real` (to be resolved inside the image).
+    fstab_symlink: bool,
+    /// `run` is a symlink to `/` (a mount point that must be refused).
+    run_symlink: bool,
 }
 
 /// The root file system's tree.
@@ -89,11 +94,21 @@ fn rootfs(dir: &Path, img: &Image) -> PathBuf {
         r.join(format!("usr/sbin/{bin}-mkconfig")),
         grub_mkconfig(bin),
     );
+    let fstab = if img.fstab_symlink {
+        std::os::unix::fs::symlink("/etc/fstab.real", r.join("etc/fstab")).unwrap();
+        "etc/fstab.real"
+    } else {
+        "etc/fstab"
+    };
     std::fs::write(
-        r.join("etc/fstab"),
+        r.join(fstab),
         format!("UUID={ROOT_UUID}\t/\text4\tdefaults\t0\t1\n"),
     )
     .unwrap();
+    if img.run_symlink {
+        std::fs::remove_dir(r.join("run")).unwrap();
+        std::os::unix::fs::symlink("/", r.join("run")).unwrap();
+    }
     if img.grub_fails {
         std::fs::write(r.join("grub-fail"), "").unwrap();
     }
@@ -329,6 +344,7 @@ fn efi_assets_of_the_image_are_preserved_into_the_esp() {
         bin: "grub2",
         efi_assets: true,
         grub_fails: false,
+        ..Default::default()
     };
     let d = disk(&img);
     let a = d.agent(true, true, &[]);
@@ -386,8 +402,8 @@ fn without_efi_assets_grub_install_runs_twice_in_the_chroot() {
     };
     let img = Image {
         bin: "grub",
-        efi_assets: false,
-        grub_fails: false,
+        fstab_symlink: true,
+        ..Default::default()
     };
     let d = disk(&img);
     let partuuid = run("sgdisk", &["-i", "1", d.lo.dev.to_str().unwrap()], &[])
@@ -431,7 +447,8 @@ fn without_efi_assets_grub_install_runs_twice_in_the_chroot() {
         entry.contains("ironic1") && entry.contains("\\EFI\\BOOT\\BOOTX64.EFI"),
         "{entry:?}\n{diag}"
     );
-    let fstab = d.root_file("/etc/fstab");
+    // etc/fstab -> /etc/fstab.real resolved inside the image, not in the ramdisk.
+    let fstab = d.root_file("/etc/fstab.real");
     assert!(
         fstab.ends_with(&format!(
             "PARTUUID={partuuid}\t/boot/efi\tvfat\tumask=0077\t0\t1\n"
@@ -449,6 +466,7 @@ fn bios_grub_install_goes_onto_the_disk_and_failures_are_ipas() {
         bin: "grub",
         efi_assets: false,
         grub_fails: false,
+        ..Default::default()
     };
     let d = disk(&img);
     {
@@ -492,6 +510,7 @@ fn a_failing_grub_install_is_a_command_execution_error_unless_ignored() {
         bin: "grub",
         efi_assets: false,
         grub_fails: true,
+        ..Default::default()
     };
     let d = disk(&img);
     let dev = d.lo.dev.display().to_string();
@@ -531,4 +550,30 @@ fn a_failing_grub_install_is_a_command_execution_error_unless_ignored() {
         2,
         "grub-install ran each time, mkconfig never: {log}"
     );
+}
+
+#[test]
+fn a_symlinked_mount_point_in_the_image_is_refused() {
+    let Some(py) = tools("grub_hostile_run") else {
+        return;
+    };
+    let img = Image {
+        bin: "grub",
+        run_symlink: true,
+        ..Default::default()
+    };
+    let d = disk(&img);
+    let a = d.agent(false, true, &[]);
+    let (f, diag) = install(&py, &a, None, "bios");
+    assert_eq!(
+        f["command_error"]["type"], "CommandExecutionError",
+        "{diag}"
+    );
+    let details = f["command_error"]["details"].as_str().unwrap();
+    assert!(
+        details.contains("/run: not a directory (or a symlink) in the image"),
+        "{details}"
+    );
+    d.assert_clean(&a);
+    assert_eq!(d.root_file("/var/log/grub.log"), "", "nothing ran");
 }
