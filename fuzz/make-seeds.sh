@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 c=corpus
-mkdir -p $c/{qcow2,partition_tables,checksum_file,config_drive_image,config_drive_string,image_info,cmdline}
+mkdir -p $c/{qcow2,partition_tables,checksum_file,config_drive_image,config_drive_string,image_info,cmdline,compressed}
 
 # qcow2: a 64 KiB disk with two data clusters, plain (512-byte clusters) and compressed.
 truncate -s 64K "$t/raw"
@@ -44,3 +44,13 @@ printf '%s' '{"id": "p", "urls": ["http://h/root.img"], "checksum": "0123456789a
 # Kernel command lines.
 printf 'BOOT_IMAGE=/vmlinuz ipa-api-url=http://192.0.2.1:6385 ipa-insecure=1 ipa-agent-token=abc ipa-image-download-connection-timeout=30 quiet' > $c/cmdline/seed-ipa
 printf 'ipa-listen="[::1]:9999" ipa-permitted-image-formats=raw,qcow2 ipa-unknown-option=x ipa-md5-enabled=yes' > $c/cmdline/seed-quoted
+
+# Compressed images: a small GPT disk and a qcow2 in each codec, xz with several blocks, two
+# concatenated gzip members, and a zstd stream behind a skippable frame (as pzstd writes).
+cp $c/partition_tables/seed-gpt "$t/disk"
+gzip -c "$t/disk" > $c/compressed/seed-gpt.gz
+xz -c -T2 --block-size=16KiB "$t/disk" > $c/compressed/seed-gpt.xz
+zstd -q -c "$t/disk" > $c/compressed/seed-gpt.zst
+zstd -q -c $c/qcow2/seed-512 > $c/compressed/seed-qcow2.zst
+{ gzip -c "$t/disk"; gzip -c "$t/disk"; } > $c/compressed/seed-two-members.gz
+{ printf '\x50\x2a\x4d\x18\x04\x00\x00\x00abcd'; zstd -q -c "$t/disk"; } > $c/compressed/seed-skippable.zst

@@ -191,3 +191,23 @@ fn bootc_failures_are_ipas_errors_and_the_secret_still_goes() {
         vec!["pull", "--retry-delay=5s", "foo.tld/org/img:1"]
     );
 }
+
+/// podman 4.3 (Debian 12) has no `pull --retry-delay`: rivet drops the flag and re-runs a pull
+/// that failed for a reason that may pass, 5 s later (docs/bootc.md).
+#[test]
+fn an_older_podman_gets_no_retry_delay_and_rivet_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _, log) = start(
+        dir.path(),
+        &[("RIVET_PODMAN_OLD", "1"), ("RIVET_PODMAN_PULL_FAILS", "1")],
+    );
+    let t = std::time::Instant::now();
+    let v = post(agent.port, &step(None));
+    assert_eq!(v["command_status"], "SUCCEEDED", "{v}");
+    assert!(t.elapsed() >= std::time::Duration::from_secs(5));
+    let c = calls(&log);
+    let pull = vec!["pull", "foo.tld/org/img:1"];
+    assert_eq!(c[0], pull);
+    assert_eq!(c[1], pull);
+    assert_eq!(c[2][1], "run");
+}

@@ -1,9 +1,10 @@
 //! A whole node lifecycle under the real Ironic conductor, with rivet's ramdisk booted in a
-//! QEMU/OVMF virtual machine: enroll, manage, provide (cleaning), deploy a whole-disk image
-//! with a config drive, boot it from disk through the boot entry rivet wrote, undeploy
-//! (cleaning), then a qcow2 deploy and a deploy with a wrong checksum. The work is done by
-//! `tests/vm/lifecycle.py` (network namespace, dnsmasq, Ironic, the BMC); this test builds the
-//! ramdisk from the rivet binary cargo just built, runs it, and prints its phase table.
+//! QEMU/OVMF virtual machine: enroll, manage, inspect (in-band, through rivet's inventory),
+//! provide (cleaning), deploy a whole-disk image with a config drive, boot it from disk through
+//! the boot entry rivet wrote, undeploy (cleaning), then a qcow2 deploy and a deploy with a
+//! wrong checksum. The work is done by `tests/vm/lifecycle.py` (network namespace, dnsmasq,
+//! Ironic, the BMC); this test builds the ramdisk from the rivet binary cargo just built, runs
+//! it, and prints its phase table.
 //!
 //! Skips (with the reason) when not root or when QEMU/OVMF are missing. Environment:
 //! `RIVET_VM_RAMDISK=DIR` uses a ramdisk already built (`ramdisk/build.sh --out DIR`);

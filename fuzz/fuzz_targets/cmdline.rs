@@ -3,16 +3,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rivet::config::{parse_cmdline, Settings};
 
-fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    let Ok(mut s) = Settings::defaults() else {
-        return;
-    };
-    for (k, v) in parse_cmdline(&text) {
-        let _ = s.set(&k, &v, "the kernel command line");
-    }
-    let _ = s.fetch_config();
-    let _ = s.listen_addr();
-});
+// The harness lives in the library (rivet::fuzzing) so the corpus replays on stable too.
+fuzz_target!(|data: &[u8]| rivet::fuzzing::cmdline(data));

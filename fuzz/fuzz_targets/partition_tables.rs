@@ -4,6 +4,5 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    rivet::disk::partitions::exercise(data);
-});
+// The harness lives in the library (rivet::fuzzing) so the corpus replays on stable too.
+fuzz_target!(|data: &[u8]| rivet::fuzzing::partition_tables(data));

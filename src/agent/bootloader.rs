@@ -1,6 +1,7 @@
-//! The `image` extension: `install_bootloader`, as IPA 13 does it for UEFI: boot entries for
-//! the loaders on the install disk's ESP, written natively (see [`crate::boot`]); no legacy
-//! BIOS bootloader (IPA 13 refuses it unless Ironic enables it, and rivet does not ship grub).
+//! The `image` extension: `install_bootloader`, as IPA 13 does it: boot entries for the
+//! loaders on the install disk's ESP, written natively (see [`crate::boot`]); when none is
+//! found and Ironic enabled `enable_bios_bootloader_install`, the image's own GRUB2
+//! ([`crate::boot::grub`]); with it disabled, IPA's CVE-2026-43003 refusal.
 
 use std::path::Path;
 
@@ -55,11 +56,17 @@ pub(crate) fn install_bootloader(
         return Ok(Value::Null);
     }
     let e = if settings.enable_bios_bootloader_install {
-        AgentError::CommandExecution(format!(
-            "Installing a BIOS bootloader (grub2-install in the image's chroot) onto {} is \
-             not implemented by rivet",
-            device.display()
-        ))
+        tracing::debug!("Using grub2-install to set up boot files");
+        let req = boot::grub::Grub2Request {
+            device: &device,
+            root_uuid: p.root_uuid.as_deref().unwrap_or_default(),
+            efi_system_part_uuid: p.efi_system_part_uuid.as_deref(),
+            efivars_dir: &settings.efivars_dir,
+        };
+        match boot::grub::install_grub2(&req) {
+            Ok(()) => return Ok(Value::Null),
+            Err(e) => e,
+        }
     } else {
         AgentError::InvalidImage(BIOS_DISABLED.into())
     };

@@ -10,13 +10,17 @@
 //! - [`efivars`]: the variable store (efivarfs or a test directory);
 //! - [`partitions`]: the partition table, for the Hard Drive node;
 //! - [`esp`]: finding the ESP and its loaders (CSV or IPA's fallback list);
-//! - [`entries`]: registering loaders without duplicates, and cleaning by pattern.
+//! - [`entries`]: registering loaders without duplicates, and cleaning by pattern;
+//! - [`grub`]: IPA's `_install_grub2` (partition images, when Ironic enables it), with
+//!   [`esp_write`] writing the ESP natively.
 
 pub mod devpath_text;
 pub mod efivars;
 pub mod entries;
 pub(crate) mod error;
 pub mod esp;
+pub(crate) mod esp_write;
+pub mod grub;
 pub mod load_option;
 pub(crate) mod partitions;
 

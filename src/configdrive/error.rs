@@ -8,7 +8,7 @@ use super::LABEL;
 
 /// What a config drive fetcher gives back when it fails: any error, shown to the conductor
 /// as the reason (the fetcher is a parameter, so this module does no HTTP).
-pub type FetchFailure = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type FetchFailure = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why `base64.b64decode` would fail, in Python's words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,7 +26,7 @@ pub(crate) enum Base64Error {
 
 /// Why an image is not a usable config drive ([`check`]).
 #[derive(Debug, thiserror::Error)]
-pub enum DriveError {
+pub(crate) enum DriveError {
     /// The label is not `config-2`.
     #[error("the {kind} image is labelled {label:?}, not \"{LABEL}\"")]
     WrongLabel {
@@ -51,7 +51,7 @@ pub enum DriveError {
 
 /// Why [`rebuild_vfat`] could not make a vfat image.
 #[derive(Debug, thiserror::Error)]
-pub enum RebuildError {
+pub(crate) enum RebuildError {
     /// The ISO 9660 tree cannot be read.
     #[error(transparent)]
     Iso(#[from] IsoError),

@@ -37,7 +37,7 @@ const FLAG_MULTI_EXTENT: u8 = 0x80;
 
 /// What is malformed (or past rivet's bounds) in an ISO 9660 image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IsoError {
+pub(crate) enum IsoError {
     /// No primary volume descriptor.
     #[error("not an ISO 9660 image: no primary volume descriptor")]
     NotIso,
@@ -135,7 +135,7 @@ fn joliet(img: &[u8]) -> Option<&[u8]> {
 
 /// The primary volume descriptor's volume identifier (bytes 40..72), trimmed of spaces: a config
 /// drive's is `config-2`. `None` when the image has no primary volume descriptor.
-pub fn volume_label(img: &[u8]) -> Option<String> {
+pub(crate) fn volume_label(img: &[u8]) -> Option<String> {
     let raw = slice(primary(img)?, 40, 32)?;
     let label = String::from_utf8_lossy(raw);
     Some(label.trim_matches([' ', '\0']).to_string())
@@ -144,7 +144,7 @@ pub fn volume_label(img: &[u8]) -> Option<String> {
 /// Every regular file of the image, as (`path/relative/to/root`, contents), in directory order.
 ///
 /// Directories themselves (and so empty ones) are not listed. Errors say what is malformed.
-pub fn list_files(img: &[u8]) -> Result<Vec<(String, Vec<u8>)>, IsoError> {
+pub(crate) fn list_files(img: &[u8]) -> Result<Vec<(String, Vec<u8>)>, IsoError> {
     let pvd = primary(img).ok_or(IsoError::NotIso)?;
     let plain = walk(img, pvd, Names::RockRidge)?;
     if plain.rock_ridge_seen {

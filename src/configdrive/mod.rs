@@ -17,16 +17,16 @@
 //!   counted, up to 4 GiB, to report the size), so a gzip bomb cannot exhaust memory.
 
 mod error;
-pub mod iso9660;
+pub(crate) mod iso9660;
 
 use std::io::{self, Cursor, Read, Write};
 
 use crate::errors::AgentError;
 use error::Base64Error;
-pub use error::{DriveError, FetchFailure, RebuildError};
+pub(crate) use error::{DriveError, FetchFailure, RebuildError};
 
 /// `MAX_CONFIG_DRIVE_SIZE_MB`: config drives larger than 64 MiB are refused.
-pub const MAX_CONFIG_DRIVE_SIZE: u64 = 64 << 20;
+pub(crate) const MAX_CONFIG_DRIVE_SIZE: u64 = 64 << 20;
 
 const MIB: u64 = 1 << 20;
 
@@ -49,7 +49,7 @@ const MIN_VFAT: u64 = 32 << 20;
 
 /// What kind of file system image a config drive is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriveKind {
+pub(crate) enum DriveKind {
     /// ISO 9660 (what Nova and Ironic build: `genisoimage -R -J -V config-2`).
     Iso9660,
     /// FAT12/16/32.
@@ -67,7 +67,7 @@ pub enum DriveKind {
 ///
 /// Errors are `DeploymentError`s with IPA's texts; an empty decoded string gives an empty
 /// image, as in IPA (Ironic never sends one: an empty `configdrive` means none).
-pub fn materialise(
+pub(crate) fn materialise(
     node: &str,
     configdrive: &str,
     fetch: &dyn Fn(&str) -> Result<Vec<u8>, FetchFailure>,
@@ -234,7 +234,7 @@ fn b64decode(data: &[u8]) -> Result<Vec<u8>, Base64Error> {
 
 /// What kind of image `img` is, from its magic: an ISO 9660 volume descriptor at byte 32768
 /// (`CD001` at 32769), or a FAT boot sector (`0x55AA` at 510, `FAT` at 54 or 82).
-pub fn kind(img: &[u8]) -> DriveKind {
+pub(crate) fn kind(img: &[u8]) -> DriveKind {
     let iso = img
         .get(32768..32774)
         .is_some_and(|d| (d[0] <= 3 || d[0] == 255) && d[1..].starts_with(b"CD001"));
@@ -255,7 +255,7 @@ pub fn kind(img: &[u8]) -> DriveKind {
 
 /// The file system label at the start of `head` (at least 34 KiB of a partition): an ISO 9660
 /// volume id or a FAT volume label; `None` for anything else.
-pub fn label(head: &[u8]) -> Option<String> {
+pub(crate) fn label(head: &[u8]) -> Option<String> {
     match kind(head) {
         DriveKind::Iso9660 => iso9660::volume_label(head),
         DriveKind::Vfat => vfat_label(head),
@@ -278,7 +278,7 @@ fn vfat_label(img: &[u8]) -> Option<String> {
 /// Checks, without mounting, that `img` is a usable config drive: an ISO 9660 image labelled
 /// `config-2` (any case) with an `openstack/` or `ec2/` directory, or a vfat image labelled
 /// `config-2` (any case) with one of those directories. The error says what is wrong.
-pub fn check(img: &[u8]) -> Result<(), DriveError> {
+pub(crate) fn check(img: &[u8]) -> Result<(), DriveError> {
     match kind(img) {
         DriveKind::Iso9660 => {
             let label = iso9660::volume_label(img).unwrap_or_default();
@@ -333,7 +333,7 @@ fn vfat_has_metadata(img: &[u8]) -> Result<bool, DriveError> {
 /// directories, at least 32 MiB, but never more than `size` (the partition), in whole MiB.
 /// Sectors are 4096 bytes, so the result mounts on 4K-sector disks too. Empty directories of
 /// the ISO are not carried over.
-pub fn rebuild_vfat(iso: &[u8], size: u64) -> Result<Vec<u8>, RebuildError> {
+pub(crate) fn rebuild_vfat(iso: &[u8], size: u64) -> Result<Vec<u8>, RebuildError> {
     let files = iso9660::list_files(iso)?;
     let payload: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
     let need = payload + payload / 2 + files.len() as u64 * u64::from(VFAT_SECTOR) + MIB;

@@ -179,20 +179,10 @@ pub(crate) fn install(req: &BootcRequest) -> Result<(), AgentError> {
             Some(s) if !s.is_empty() => Some(write_auth_file(s, &netloc)?),
             _ => None,
         };
-        let mut pull = Command::new("podman");
-        pull.arg("pull");
-        if let Some(a) = &auth {
-            pull.arg(format!("--authfile={}", a.path.display()));
-        }
-        pull.args(["--retry-delay=5s", &reference]);
         tracing::info!("pulling {reference}");
-        let out = pull.output();
+        let out = super::bootc_pull::pull(auth.as_ref().map(|a| a.path.as_path()), &reference);
         drop(auth); // the secret is gone before anything else runs
-        let failed = match &out {
-            Ok(o) if o.status.success() => None,
-            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-            Err(e) => Some(e.to_string()),
-        };
+        let failed = out.err();
         if let Some(err) = failed {
             return Err(AgentError::download(
                 &reference,

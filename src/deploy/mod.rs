@@ -8,6 +8,7 @@
 //! owned by the target ([`crate::disk::device::WipeOnFailure`]). See `docs/data-path.md`.
 
 pub(crate) mod bootc;
+pub(crate) mod bootc_pull;
 pub(crate) mod configdrive_write;
 pub mod decode;
 pub(crate) mod decompress;

@@ -578,6 +578,31 @@ impl AgentProc {
         )
     }
 
+    /// [`AgentProc::start_private`] with more nodes in the private `/dev` than in
+    /// `--block-devices` (`extra_nodes`: partitions the agent opens by name) and extra
+    /// environment variables.
+    pub fn start_private_with(
+        dir: &Path,
+        devices: &[&Path],
+        extra_nodes: &[&Path],
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> AgentProc {
+        let list: Vec<String> = devices.iter().map(|d| d.display().to_string()).collect();
+        let mut all = vec!["--block-devices".to_string(), list.join(",")];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let nodes: Vec<&Path> = devices.iter().chain(extra_nodes).copied().collect();
+        let program = Path::new(env!("CARGO_BIN_EXE_rivet"));
+        Self::spawn_with(
+            PrivateDev::command(&nodes, program),
+            dir,
+            free_port(),
+            &all,
+            env,
+        )
+    }
+
     fn spawn(dir: &Path, port: u16, args: &[&str], env: &[(String, String)]) -> AgentProc {
         let c = Command::new(env!("CARGO_BIN_EXE_rivet"));
         Self::spawn_with(c, dir, port, args, env)

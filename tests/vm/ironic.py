@@ -8,7 +8,9 @@ but PXE, so the `set_boot_to_disk` that follows `install_bootloader` in a UEFI w
 deploy would fail there. Its boot interface is the real `pxe` one: the conductor fetches the
 node's deploy_kernel/deploy_ramdisk and writes the PXE (grub) config with the kernel command
 line, which the test's BMC boots exactly as written. Cleaning, UEFI boot mode, agent TLS, deep
-image inspection and every [agent]/[deploy] setting keep their defaults."""
+image inspection and every [agent]/[deploy] setting keep their defaults. The node's inspect
+interface is `agent` (in-band inspection through the ramdisk), with the [inspector] hooks at their
+defaults."""
 
 import json
 import os
@@ -37,6 +39,8 @@ enabled_management_interfaces = noop
 enabled_network_interfaces = noop
 # the default list has ipmitool's, which needs the ipmitool command
 enabled_vendor_interfaces = no-vendor
+# in-band inspection through the agent (what Metal3 uses); the default list has only redfish's
+enabled_inspect_interfaces = agent,no-inspect
 
 [api]
 host_ip = {host}
@@ -156,9 +160,10 @@ class Ironic:
             "name": name, "driver": "manual-management",
             "deploy_interface": "direct", "boot_interface": "pxe",
             "network_interface": "noop", "power_interface": "fake",
-            "management_interface": "noop",
+            "management_interface": "noop", "inspect_interface": "agent",
             "driver_info": {"deploy_kernel": deploy_kernel, "deploy_ramdisk": deploy_ramdisk},
-            "properties": {"cpu_arch": "x86_64", "cpus": 2, "memory_mb": 512, "local_gb": 1,
+            # no cpu_arch: inspection through rivet's inventory must set it
+            "properties": {"cpus": 2, "memory_mb": 512, "local_gb": 1,
                            "root_device": {"name": "/dev/vda"}},
         })
         self.request("POST", "/v1/ports", {"node_uuid": node["uuid"], "address": mac})

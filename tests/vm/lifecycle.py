@@ -7,7 +7,8 @@ DIR holds rivet.kernel and rivet.initramfs (ramdisk/build.sh). Runs as root: it 
 network namespace (192.0.2.0/24 inside; nothing leaves it), runs dnsmasq, an image server and
 Ironic (API + conductor, one process) there, and plays the node's BMC with QEMU + OVMF.
 
-Stages: the ramdisk with a static ip= (it must reach Ironic without DHCP) -> enroll -> manage -> provide (cleaning; the disk must end up zeroed) -> deploy a
+Stages: the ramdisk with a static ip= (it must reach Ironic without DHCP) -> enroll -> manage -> inspect
+(in-band, through rivet's inventory) -> provide (cleaning; the disk must end up zeroed) -> deploy a
 whole-disk image with a config drive -> active -> boot from disk through the boot entry rivet
 wrote, which prints a marker and the node UUID from the config drive -> undeploy (cleaning) ->
 available; then, with automated cleaning off for speed, a qcow2 deploy and a deploy with a wrong

@@ -155,9 +155,9 @@ class Scenario:
         with self.stage("manage"):
             self.ironic.provision(self.uuid, "manage")
             self.wait(["manageable"], 120)
-        stages = [self.provide, self.deploy_and_boot, self.undeploy, self.deploy_qcow2,
+        stages = [self.inspect, self.provide, self.deploy_and_boot, self.undeploy, self.deploy_qcow2,
                   self.deploy_wrong_checksum]
-        for run in stages[:1] if self.until == "heartbeat" else stages:
+        for run in stages[1:2] if self.until == "heartbeat" else stages:
             try:
                 run()
             except (Stop, ApiError) as e:
@@ -208,6 +208,53 @@ class Scenario:
     def no_automated_clean(self):
         self.ironic.patch(self.uuid, [{"op": "add", "path": "/automated_clean",
                                        "value": False}])
+
+    def inspect(self):
+        """In-band inspection: Ironic boots the ramdisk with ipa-inspection-callback-url, rivet
+        posts its inventory before lookup, Ironic's default hooks set cpu_arch and the ports."""
+        with self.stage("inspect (agent, default hooks)"):
+            since = time.monotonic()
+            self.ironic.provision(self.uuid, "inspect")
+            self.wait_for("VM boot", lambda: self.vm.last and self.vm.last["started"] >= since
+                          and self.vm.last["kind"] == "ramdisk", 120)
+            boot = self.vm.last
+            n = self.wait(["manageable"], 300)
+            self.row("ramdisk: power-on -> inspected", time.monotonic() - boot["started"])
+            self.boot_rows(boot, "ramdisk")
+            self.check_inventory(n)
+
+    def check_inventory(self, node):
+        """What Ironic stored is rivet's view of this VM, and the hooks applied it."""
+        inv = self.ironic.get(f"/v1/nodes/{self.uuid}/inventory")["inventory"]
+        macs = [i.get("mac_address") for i in inv.get("interfaces", [])]
+        disks = {d["name"]: d for d in inv.get("disks", [])}
+        problems = []
+        if self.mac not in macs:
+            problems.append(f"the node's NIC {self.mac} is not among the interfaces {macs}")
+        vda = disks.get("/dev/vda")
+        if not vda or vda.get("size") != os.path.getsize(self.disk):
+            problems.append(f"/dev/vda of {os.path.getsize(self.disk)} bytes not in {disks}")
+        cpu, mem = inv.get("cpu", {}), inv.get("memory", {})
+        if cpu.get("count") != self.vm.cpus or cpu.get("architecture") != "x86_64":
+            problems.append(f"cpu {cpu} is not {self.vm.cpus} x86_64 CPUs")
+        if not 256 << 20 < (mem.get("total") or 0) <= self.vm.memory << 20:
+            problems.append(f"memory {mem} does not fit a {self.vm.memory} MiB VM")
+        if inv.get("boot", {}).get("current_boot_mode") != "uefi":
+            problems.append(f"boot {inv.get('boot')} is not uefi (the VM runs OVMF)")
+        vendor = inv.get("system_vendor", {}).get("manufacturer")
+        if vendor != "QEMU":
+            problems.append(f"system_vendor.manufacturer is {vendor!r}, not 'QEMU'")
+        if node["properties"].get("cpu_arch") != "x86_64":
+            problems.append(f"the architecture hook did not set cpu_arch: {node['properties']}")
+        ports = self.ironic.get(f"/v1/ports?node_uuid={self.uuid}&fields=address")["ports"]
+        if [p["address"] for p in ports] != [self.mac]:
+            problems.append(f"the node's ports are {ports}, not just {self.mac}")
+        if problems:
+            raise Stop("inspection: " + "; ".join(problems))
+        self.events.add(f"inventory: {len(macs)} NIC(s), disks {sorted(disks)}, "
+                        f"{cpu.get('count')} CPUs {cpu.get('model_name')!r}, "
+                        f"{mem.get('total', 0) >> 20} MiB, {vendor} "
+                        f"{inv.get('system_vendor', {}).get('product_name')}; cpu_arch set")
 
     def provide(self):
         if not self.clean:

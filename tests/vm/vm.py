@@ -157,7 +157,7 @@ class Bmc(threading.Thread):
         self.node = n
         state = n.get("provision_state")
         step = (n.get("deploy_step") or {}).get("step")
-        if state in ("cleaning", "clean wait") or (
+        if state in ("cleaning", "clean wait", "inspecting", "inspect wait") or (
                 state in ("deploying", "wait call-back") and step != "boot_instance"):
             boot = self.vm.start("ramdisk", *self.pxe_boot())
         elif state == "active" or step == "boot_instance":

@@ -28,8 +28,12 @@ use std::io;
 pub const MAGIC_LEN: usize = 6;
 /// Size of the buffers handed out (and so of the chunks the next stage receives).
 pub const CHUNK: usize = 1 << 20;
-/// Memory the xz decoder may use before it gives up threads and decodes on one core.
-pub const XZ_THREADING_MEMLIMIT: u64 = 256 << 20;
+/// Memory the xz decoder may use for threads; past it liblzma decodes with fewer (one).
+/// Each thread holds a block's input and output, so `xz -T0` files (blocks of 3x the
+/// dictionary: 12-24 MiB) get one thread here, small-block files several. Chosen so that a
+/// deploy stays under 64 MiB of RSS (rivet's other stages take ~35 MiB); 256 MiB made xz
+/// deploys ~1.4x faster on 2 cores at 129 MiB of RSS (docs/data-path.md, bench/RESULTS.md).
+pub const XZ_THREADING_MEMLIMIT: u64 = 24 << 20;
 /// Memory beyond which an xz stream is refused (its dictionary alone; `xz -9` needs 65 MiB).
 pub const XZ_MEMLIMIT: u64 = 1 << 30;
 /// A gzip header longer than this (file name and comment) is refused, not buffered.
