@@ -70,14 +70,28 @@ pub(crate) fn is_permanent(stderr: &str) -> bool {
     PERMANENT.iter().any(|p| s.contains(p))
 }
 
+/// Why a `podman pull` failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PullError {
+    /// podman ran and failed: its trimmed stderr, which IPA puts in its error as it is.
+    #[error("{stderr}")]
+    Failed {
+        /// What podman printed.
+        stderr: String,
+    },
+    /// podman could not be started.
+    #[error("cannot run podman: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
 /// Calls `attempt` until it succeeds, fails permanently, `attempts` runs are spent or the
 /// `budget` is over, sleeping `delay` between runs. The last error on failure.
-pub(crate) fn with_retries(
+pub(crate) fn with_retries<E: std::fmt::Display>(
     attempts: u32,
     delay: Duration,
     budget: Duration,
-    mut attempt: impl FnMut() -> Result<(), String>,
-) -> Result<(), String> {
+    mut attempt: impl FnMut() -> Result<(), E>,
+) -> Result<(), E> {
     let start = Instant::now();
     let mut n = 0;
     loop {
@@ -86,7 +100,7 @@ pub(crate) fn with_retries(
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if n >= attempts || is_permanent(&err) || start.elapsed() + delay > budget {
+        if n >= attempts || is_permanent(&err.to_string()) || start.elapsed() + delay > budget {
             return Err(err);
         }
         tracing::warn!(
@@ -97,7 +111,7 @@ pub(crate) fn with_retries(
 }
 
 /// One `podman pull`; its trimmed stderr (or why it could not start) on failure.
-fn pull_once(args: &[String]) -> Result<(), String> {
+fn pull_once(args: &[String]) -> Result<(), PullError> {
     tracing::info!("running podman {}", args.join(" "));
     match Command::new("podman")
         .args(args)
@@ -106,13 +120,15 @@ fn pull_once(args: &[String]) -> Result<(), String> {
         .output()
     {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-        Err(e) => Err(format!("cannot run podman: {e}")),
+        Ok(o) => Err(PullError::Failed {
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        }),
+        Err(e) => Err(PullError::Spawn(e)),
     }
 }
 
 /// Pulls `reference` as IPA does, retrying as described in the module doc.
-pub(crate) fn pull(authfile: Option<&Path>, reference: &str) -> Result<(), String> {
+pub(crate) fn pull(authfile: Option<&Path>, reference: &str) -> Result<(), PullError> {
     if knows_retry_delay() {
         // podman retries by itself; one run, exactly IPA's.
         return pull_once(&pull_args(authfile, reference, true));

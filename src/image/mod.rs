@@ -3,6 +3,6 @@
 pub mod checksum;
 pub mod encoding;
 pub mod fetch;
-pub mod format;
+pub(crate) mod format;
 pub(crate) mod http;
 pub mod info;
