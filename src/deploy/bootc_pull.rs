@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn transient_failures_are_retried_a_bounded_number_of_times() {
         let mut n = 0;
-        let r = with_retries(3, Duration::ZERO, BUDGET, || {
+        let r: Result<(), String> = with_retries(3, Duration::ZERO, BUDGET, || {
             n += 1;
             Err("dial tcp 127.0.0.1:1: connect: connection refused".into())
         });
@@ -162,7 +162,7 @@ mod tests {
         assert!(r.unwrap_err().contains("connection refused"));
 
         let mut n = 0;
-        let r = with_retries(3, Duration::ZERO, BUDGET, || {
+        let r: Result<(), String> = with_retries(3, Duration::ZERO, BUDGET, || {
             n += 1;
             if n < 2 {
                 Err("EOF".into())
@@ -176,17 +176,18 @@ mod tests {
     #[test]
     fn permanent_failures_and_the_budget_stop_at_once() {
         let mut n = 0;
-        let r = with_retries(3, Duration::ZERO, BUDGET, || {
+        let r: Result<(), String> = with_retries(3, Duration::ZERO, BUDGET, || {
             n += 1;
             Err("reading manifest 1 in r/i: unauthorized: authentication required".into())
         });
         assert_eq!(n, 1);
         assert!(r.is_err());
         let mut n = 0;
-        let _ = with_retries(3, Duration::from_secs(5), Duration::from_secs(1), || {
-            n += 1;
-            Err("i/o timeout".into())
-        });
+        let _: Result<(), String> =
+            with_retries(3, Duration::from_secs(5), Duration::from_secs(1), || {
+                n += 1;
+                Err("i/o timeout".into())
+            });
         assert_eq!(n, 1);
         assert!(is_permanent("manifest unknown: manifest unknown"));
         assert!(!is_permanent("connect: connection refused"));

@@ -25,17 +25,17 @@
 use std::io;
 
 /// Bytes needed to recognise every compression here.
-pub const MAGIC_LEN: usize = 6;
+pub(crate) const MAGIC_LEN: usize = 6;
 /// Size of the buffers handed out (and so of the chunks the next stage receives).
-pub const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 /// Memory the xz decoder may use for threads; past it liblzma decodes with fewer (one).
 /// Each thread holds a block's input and output, so `xz -T0` files (blocks of 3x the
 /// dictionary: 12-24 MiB) get one thread here, small-block files several. Chosen so that a
 /// deploy stays under 64 MiB of RSS (rivet's other stages take ~35 MiB); 256 MiB made xz
 /// deploys ~1.4x faster on 2 cores at 129 MiB of RSS (docs/data-path.md, bench/RESULTS.md).
-pub const XZ_THREADING_MEMLIMIT: u64 = 24 << 20;
+pub(crate) const XZ_THREADING_MEMLIMIT: u64 = 24 << 20;
 /// Memory beyond which an xz stream is refused (its dictionary alone; `xz -9` needs 65 MiB).
-pub const XZ_MEMLIMIT: u64 = 1 << 30;
+pub(crate) const XZ_MEMLIMIT: u64 = 1 << 30;
 /// A gzip header longer than this (file name and comment) is refused, not buffered.
 const GZIP_HEADER_MAX: usize = 64 << 10;
 
@@ -70,7 +70,7 @@ impl std::fmt::Display for Codec {
 /// The compression `head` (the first [`MAGIC_LEN`] bytes, or the whole file if shorter)
 /// starts with, if any. Magic numbers only: a raw disk starts with boot code or zeros, never
 /// with these.
-pub fn detect(head: &[u8]) -> Option<Codec> {
+pub(crate) fn detect(head: &[u8]) -> Option<Codec> {
     match head {
         [0x1f, 0x8b, 0x08, ..] => Some(Codec::Gzip),
         [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => Some(Codec::Xz),
@@ -83,7 +83,7 @@ pub fn detect(head: &[u8]) -> Option<Codec> {
 
 /// Why a compressed stream could not be decoded.
 #[derive(Debug, thiserror::Error)]
-pub enum CompressError {
+pub(crate) enum CompressError {
     /// The stream ended in the middle of a member/stream/frame.
     #[error("the {0} stream is truncated")]
     Truncated(Codec),
@@ -112,7 +112,7 @@ fn corrupt(codec: Codec, why: impl std::fmt::Display) -> CompressError {
 
 /// Where decompressed bytes go: full buffers of [`CHUNK`] bytes (the last one shorter), owned,
 /// so the next stage takes them without a copy.
-pub struct Output<'a> {
+pub(crate) struct Output<'a> {
     buf: Vec<u8>,
     emit: &'a mut dyn FnMut(Vec<u8>) -> io::Result<()>,
     total: u64,
@@ -120,7 +120,7 @@ pub struct Output<'a> {
 
 impl<'a> Output<'a> {
     /// Output handed to `emit`.
-    pub fn new(emit: &'a mut dyn FnMut(Vec<u8>) -> io::Result<()>) -> Self {
+    pub(crate) fn new(emit: &'a mut dyn FnMut(Vec<u8>) -> io::Result<()>) -> Self {
         Output {
             buf: Vec::with_capacity(CHUNK),
             emit,
@@ -129,7 +129,7 @@ impl<'a> Output<'a> {
     }
 
     /// Bytes produced so far.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.total + self.buf.len() as u64
     }
 
@@ -142,7 +142,7 @@ impl<'a> Output<'a> {
     }
 
     /// Hands out what is buffered.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -153,7 +153,7 @@ impl<'a> Output<'a> {
 }
 
 /// A decompressor fed the compressed bytes in order.
-pub trait Inflate: Send {
+pub(crate) trait Inflate: Send {
     /// The next compressed bytes.
     fn feed(&mut self, input: &[u8], out: &mut Output<'_>) -> Result<(), CompressError>;
     /// The end of the compressed bytes: flushes the rest and checks the stream ended cleanly.
@@ -162,7 +162,7 @@ pub trait Inflate: Send {
 }
 
 /// A decompressor for `codec`.
-pub fn inflater(codec: Codec) -> Result<Box<dyn Inflate>, CompressError> {
+pub(crate) fn inflater(codec: Codec) -> Result<Box<dyn Inflate>, CompressError> {
     Ok(match codec {
         Codec::Gzip => Box::new(gzip::Gzip::new()),
         Codec::Xz => Box::new(xz::Xz::new()?),
@@ -172,7 +172,7 @@ pub fn inflater(codec: Codec) -> Result<Box<dyn Inflate>, CompressError> {
 
 /// Decompresses a whole file into `dst` (the temp-file path, for images that cannot stream).
 /// Returns the decompressed length; fails past `limit` bytes.
-pub fn decompress_file(
+pub(crate) fn decompress_file(
     codec: Codec,
     src: &mut dyn io::Read,
     dst: &mut dyn io::Write,

@@ -48,11 +48,11 @@ use crate::errors::AgentError;
 /// How many leading bytes of an image the inspector looks at: enough for every header it knows,
 /// including the largest VMDK descriptor qemu accepts (1 MiB − 1 at offset 512) and the ISO 9660
 /// volume descriptor at 32 KiB, so that a full head never leaves a decision open.
-pub const INSPECT_LEN: usize = (1 << 20) + 512;
+pub(crate) const INSPECT_LEN: usize = (1 << 20) + 512;
 
 /// How many trailing bytes of an image [`check_tail`] needs (VMDK footer marker, footer, and
 /// end-of-stream marker, one sector each).
-pub const TAIL_LEN: usize = 3 * 512;
+pub(crate) const TAIL_LEN: usize = 3 * 512;
 
 const MSG_UNABLE: &str = "Security: Unable to safety check image";
 const MSG_MULTIPLE: &str = "Security: Image matched multiple potential formats";
@@ -128,7 +128,7 @@ impl fmt::Display for Format {
 
 /// What the inspector found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Inspection {
+pub(crate) struct Inspection {
     /// The detected (or, for trusted raw/gpt, declared) format.
     pub format: Format,
     /// The disk size the image describes, when its header says so; `None` for raw and gpt
@@ -139,7 +139,7 @@ pub struct Inspection {
 /// Detects the format of `head` (the first bytes of the image; shorter than [`INSPECT_LEN`]
 /// only when that is the whole image) and runs oslo's safety checks, as IPA's deep inspection
 /// does. Errors are `InvalidImage` with IPA's texts.
-pub fn inspect(head: &[u8]) -> Result<Inspection, AgentError> {
+pub(crate) fn inspect(head: &[u8]) -> Result<Inspection, AgentError> {
     let found = detect(head);
     // Checked first: a format whose header is cut short could be anything, so neither "one
     // match" nor "several matches" can be trusted.
@@ -172,7 +172,7 @@ pub fn inspect(head: &[u8]) -> Result<Inspection, AgentError> {
 ///   the bytes the same way but skips every check (truncation, several matches, safety,
 ///   `permitted`, `disk_format`); with several matches it takes the most specific one (a
 ///   container format before iso, iso before gpt).
-pub fn check(
+pub(crate) fn check(
     head: &[u8],
     disk_format: Option<&str>,
     permitted: &[String],
@@ -249,7 +249,7 @@ pub fn check(
 /// the footer must agree with the header that [`inspect`] checked. `head` is the image's head
 /// as given to [`inspect`], `tail` its last [`TAIL_LEN`] bytes (or more). For any other image
 /// this does nothing; calling it when the head already held the whole image is harmless.
-pub fn check_tail(head: &[u8], tail: &[u8]) -> Result<(), AgentError> {
+pub(crate) fn check_tail(head: &[u8], tail: &[u8]) -> Result<(), AgentError> {
     if !head.starts_with(VMDK_MAGIC) || le_u64(head, 56) != Some(VMDK_GD_AT_END) {
         return Ok(());
     }

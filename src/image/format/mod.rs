@@ -1,7 +1,7 @@
 //! Image formats: the inspector (what an image is, and whether it is safe), qcow2 converted
 //! while it streams, and qemu-img for the rest.
 
-pub mod compress;
+pub(crate) mod compress;
 pub(crate) mod convert;
-pub mod inspect;
-pub mod qcow2;
+pub(crate) mod inspect;
+pub(crate) mod qcow2;

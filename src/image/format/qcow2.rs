@@ -21,14 +21,14 @@ use std::collections::BTreeMap;
 use std::io;
 
 /// Where guest (virtual disk) bytes go.
-pub trait GuestSink {
+pub(crate) trait GuestSink {
     /// Writes `data` at guest offset `off`.
     fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()>;
 }
 
 /// Why a qcow2 stream could not be converted.
 #[derive(Debug, thiserror::Error)]
-pub enum Qcow2Error {
+pub(crate) enum Qcow2Error {
     /// The image is unsafe or malformed (IPA: `Security: Image failed safety check`).
     #[error("{0}")]
     Unsafe(String),
@@ -48,7 +48,7 @@ fn unsafe_(msg: impl Into<String>) -> Qcow2Error {
 }
 
 mod header;
-pub use header::{Header, HEADER_PEEK};
+pub(crate) use header::{Header, HEADER_PEEK};
 
 const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const COMPRESSED: u64 = 1 << 62;
@@ -73,7 +73,7 @@ enum Obj {
 }
 
 /// The streaming converter.
-pub struct Qcow2Stream {
+pub(crate) struct Qcow2Stream {
     hdr: Header,
     pos: u64,
     /// Host offset → (end, what), for everything known and not yet passed.
@@ -99,7 +99,7 @@ pub struct Qcow2Stream {
 impl Qcow2Stream {
     /// Starts a conversion. `head` holds at least the header cluster's first bytes; `budget`
     /// bounds the spill (bytes).
-    pub fn new(head: &[u8], budget: usize) -> Result<Qcow2Stream, Qcow2Error> {
+    pub(crate) fn new(head: &[u8], budget: usize) -> Result<Qcow2Stream, Qcow2Error> {
         let hdr = Header::parse(head)?;
         if hdr.nb_snapshots > 0 {
             return Err(Qcow2Error::NeedsFallback(
@@ -150,7 +150,7 @@ impl Qcow2Stream {
     }
 
     /// The parsed header.
-    pub fn header(&self) -> &Header {
+    pub(crate) fn header(&self) -> &Header {
         &self.hdr
     }
 
@@ -181,7 +181,7 @@ impl Qcow2Stream {
     }
 
     /// Feeds the next bytes of the file.
-    pub fn feed(&mut self, data: &[u8], sink: &mut dyn GuestSink) -> Result<(), Qcow2Error> {
+    pub(crate) fn feed(&mut self, data: &[u8], sink: &mut dyn GuestSink) -> Result<(), Qcow2Error> {
         let start = self.pos;
         self.deliver(start, data, sink, true)
     }
@@ -494,7 +494,10 @@ impl Qcow2Stream {
 
     /// Ends the stream: writes what is still queued, then checks that every mapped cluster
     /// arrived. Returns the guest ranges that nothing was written to (to be zeroed), in order.
-    pub fn finish(mut self, sink: &mut dyn GuestSink) -> Result<Vec<(u64, u64)>, Qcow2Error> {
+    pub(crate) fn finish(
+        mut self,
+        sink: &mut dyn GuestSink,
+    ) -> Result<Vec<(u64, u64)>, Qcow2Error> {
         self.flush_pending(sink)?;
         self.finish_tables()
     }

@@ -5,7 +5,7 @@ use crate::image::format::inspect::{be_u32 as be32, be_u64 as be64};
 
 /// The parts of the header that matter.
 #[derive(Debug, Clone)]
-pub struct Header {
+pub(crate) struct Header {
     /// 2 or 3.
     pub version: u32,
     /// log2 of the cluster size.
@@ -28,7 +28,7 @@ pub struct Header {
 
 /// Bytes of the file needed to parse the header (it and its extensions live in cluster 0;
 /// the smallest cluster is 512 bytes, and extensions are bounded by the cluster).
-pub const HEADER_PEEK: usize = 4096;
+pub(crate) const HEADER_PEEK: usize = 4096;
 
 const INCOMPAT_DIRTY: u64 = 1;
 const INCOMPAT_CORRUPT: u64 = 2;
@@ -38,7 +38,7 @@ const INCOMPAT_EXTL2: u64 = 16;
 
 impl Header {
     /// Parses and polices the header. `head` is the start of the file.
-    pub fn parse(head: &[u8]) -> Result<Header, Qcow2Error> {
+    pub(crate) fn parse(head: &[u8]) -> Result<Header, Qcow2Error> {
         let short = || unsafe_("qcow2 header is truncated");
         if head.get(..4) != Some(b"QFI\xfb") {
             return Err(unsafe_("not a qcow2 image"));
