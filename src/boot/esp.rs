@@ -14,12 +14,12 @@
 //!   in walk order. Note `shimx64.efi`/`grubx64.efi` are not in IPA's list: only a CSV reaches them.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read};
 use std::path::Path;
 
 use super::error::{BootError, CsvError};
 use super::partitions::{read_partitions, Partition};
+use super::window::PartitionWindow;
 
 /// IPA's `BOOTLOADERS_EFI`: the file names (lower case) that mark a boot loader or a CSV.
 pub const BOOTLOADERS_EFI: [&str; 13] = [
@@ -50,70 +50,11 @@ pub struct Loader {
     pub path: String,
 }
 
-/// A read-only window on one partition of a disk, for fatfs (which wants Read+Write+Seek:
-/// writes are refused, so nothing on the ESP can change).
-pub struct PartitionReader {
-    file: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl PartitionReader {
-    /// The byte range `[start, start+len)` of `file`.
-    pub fn new(file: File, start: u64, len: u64) -> Self {
-        PartitionReader {
-            file,
-            start,
-            len,
-            pos: 0,
-        }
-    }
-}
-
-impl Read for PartitionReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        if n == 0 {
-            return Ok(0);
-        }
-        let got = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl Seek for PartitionReader {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = new.ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        Ok(self.pos)
-    }
-}
-
-impl Write for PartitionReader {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "the ESP is opened read-only",
-        ))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-type Fat = fatfs::FileSystem<PartitionReader>;
+type Fat = fatfs::FileSystem<PartitionWindow>;
 
 fn open_fat(disk: &Path, part: &Partition) -> io::Result<Fat> {
     let file = File::open(disk)?;
-    let reader = PartitionReader::new(file, part.offset(), part.len());
+    let reader = PartitionWindow::read_only(file, part.offset(), part.len());
     fatfs::FileSystem::new(reader, fatfs::FsOptions::new())
 }
 
@@ -338,23 +279,5 @@ mod tests {
             loader_from_csv("BOOT.CSV", &[0x00, 0xd8, b'a', 0]).is_err(),
             "lone surrogate"
         );
-    }
-
-    #[test]
-    fn reader_is_a_window_and_read_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("d");
-        std::fs::write(&p, b"0123456789").unwrap();
-        let mut r = PartitionReader::new(File::open(&p).unwrap(), 2, 5);
-        let mut s = String::new();
-        r.read_to_string(&mut s).unwrap();
-        assert_eq!(s, "23456");
-        assert_eq!(r.seek(SeekFrom::End(-1)).unwrap(), 4);
-        let mut b = [0u8; 4];
-        assert_eq!(r.read(&mut b).unwrap(), 1);
-        assert_eq!(b[0], b'6');
-        assert!(r.seek(SeekFrom::Current(-10)).is_err());
-        assert!(r.write(b"x").is_err());
-        assert_eq!(std::fs::read(&p).unwrap(), b"0123456789");
     }
 }

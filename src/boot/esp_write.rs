@@ -8,76 +8,17 @@
 //! (FAT has none, and following it would read the ramdisk's files, not the image's).
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Write};
 use std::path::Path;
 
 use super::partitions::Partition;
+use super::window::PartitionWindow;
 
 /// Directory depth the copies give up at (real ESP trees are 2-3 deep; a FAT can loop).
 const MAX_DEPTH: usize = 32;
 
-/// A read-write window on one partition of a disk, for fatfs.
-pub(crate) struct PartitionRw {
-    file: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Read for PartitionRw {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.room(buf.len());
-        if n == 0 {
-            return Ok(0);
-        }
-        let got = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl Write for PartitionRw {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.room(buf.len());
-        if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write past the end of the partition",
-            ));
-        }
-        let put = self.file.write_at(&buf[..n], self.start + self.pos)?;
-        self.pos += put as u64;
-        Ok(put)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-}
-
-impl Seek for PartitionRw {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = new.ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        Ok(self.pos)
-    }
-}
-
-impl PartitionRw {
-    /// How many of `want` bytes fit before the partition's end.
-    fn room(&self, want: usize) -> usize {
-        let left = self.len.saturating_sub(self.pos);
-        usize::try_from(left).unwrap_or(usize::MAX).min(want)
-    }
-}
-
 /// The FAT file system of an ESP, opened for writing.
-pub(crate) type FatRw = fatfs::FileSystem<PartitionRw>;
+pub(crate) type FatRw = fatfs::FileSystem<PartitionWindow>;
 
 /// Opens the FAT file system of partition `part` of `disk` read-write.
 pub(crate) fn open_rw(disk: &Path, part: &Partition) -> io::Result<FatRw> {
@@ -85,12 +26,7 @@ pub(crate) fn open_rw(disk: &Path, part: &Partition) -> io::Result<FatRw> {
         .read(true)
         .write(true)
         .open(disk)?;
-    let rw = PartitionRw {
-        file,
-        start: part.offset(),
-        len: part.len(),
-        pos: 0,
-    };
+    let rw = PartitionWindow::read_write(file, part.offset(), part.len());
     fatfs::FileSystem::new(rw, fatfs::FsOptions::new())
 }
 
@@ -106,7 +42,11 @@ pub(crate) fn copy_into(fs: &FatRw, src: &Path, dest: &str) -> io::Result<usize>
     copy_dir_into(&dir, src, 0)
 }
 
-fn copy_dir_into(dir: &fatfs::Dir<'_, PartitionRw>, src: &Path, depth: usize) -> io::Result<usize> {
+fn copy_dir_into(
+    dir: &fatfs::Dir<'_, PartitionWindow>,
+    src: &Path,
+    depth: usize,
+) -> io::Result<usize> {
     if depth > MAX_DEPTH {
         return Err(io::Error::other(format!(
             "{} is nested too deep",
@@ -145,7 +85,11 @@ pub(crate) fn copy_out(fs: &FatRw, dest: &Path) -> io::Result<usize> {
     copy_dir_out(&fs.root_dir(), dest, 0)
 }
 
-fn copy_dir_out(dir: &fatfs::Dir<'_, PartitionRw>, dest: &Path, depth: usize) -> io::Result<usize> {
+fn copy_dir_out(
+    dir: &fatfs::Dir<'_, PartitionWindow>,
+    dest: &Path,
+    depth: usize,
+) -> io::Result<usize> {
     if depth > MAX_DEPTH {
         tracing::warn!("not copying below {}: too deep", dest.display());
         return Ok(0);
@@ -173,32 +117,4 @@ fn copy_dir_out(dir: &fatfs::Dir<'_, PartitionRw>, dest: &Path, depth: usize) ->
 /// Whether `path` (`/`-separated) exists on the FAT as a file.
 pub(crate) fn has_file(fs: &FatRw, path: &str) -> bool {
     fs.root_dir().open_file(path).is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn writes_stay_inside_the_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("d");
-        std::fs::write(&p, vec![0u8; 64]).unwrap();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&p)
-            .unwrap();
-        let mut w = PartitionRw {
-            file,
-            start: 16,
-            len: 8,
-            pos: 4,
-        };
-        assert_eq!(w.write(b"abcdefgh").unwrap(), 4, "only what fits");
-        assert!(w.write(b"x").is_err(), "nothing past the end");
-        let data = std::fs::read(&p).unwrap();
-        assert_eq!(&data[20..24], b"abcd");
-        assert!(data[..20].iter().chain(&data[24..]).all(|&b| b == 0));
-    }
 }

@@ -10,6 +10,7 @@
 //! - [`efivars`]: the variable store (efivarfs or a test directory);
 //! - [`partitions`]: the partition table, for the Hard Drive node;
 //! - [`esp`]: finding the ESP and its loaders (CSV or IPA's fallback list);
+//! - [`window`]: a partition's byte range as fatfs reads and writes it (no mount);
 //! - [`entries`]: registering loaders without duplicates, and cleaning by pattern;
 //! - [`grub`]: IPA's `_install_grub2` (partition images, when Ironic enables it), with
 //!   [`esp_write`] writing the ESP natively.
@@ -23,6 +24,7 @@ pub(crate) mod esp_write;
 pub mod grub;
 pub mod load_option;
 pub(crate) mod partitions;
+pub(crate) mod window;
 
 use std::path::Path;
 
