@@ -439,14 +439,40 @@ fn real_podman_pulls_with_the_secret_installs_and_adds_the_config_drive() {
     if !available("bootc_real_install") {
         return;
     }
+    let Some(py) = common::ironic_python("bootc_real_install") else {
+        return;
+    };
     let s = setup(&[]);
     let source = format!("oci://{}", s.reference);
     let secret = ironic_secret("tuser", "tpass");
-    let v = common::post_command(
-        s.agent.port,
+    // Sent as the conductor sends it: Ironic's AgentClient.execute_deploy_step with the step
+    // AgentBootcDeploy builds, polled until it is no longer RUNNING.
+    let args =
+        step(&source, Some(&secret), Some(&configdrive()))["params"]["step"]["args"].to_string();
+    let (code, out, diag) = common::drive_steps(
+        &py,
+        &s.agent,
         T,
-        &step(&source, Some(&secret), Some(&configdrive())),
+        &[
+            "--scenario",
+            "deploy",
+            "--step",
+            "execute_bootc_install",
+            "--step-args",
+            &args,
+            "--timeout",
+            "300",
+        ],
     );
+    assert_eq!(code, 0, "{diag}");
+    let listed = out["steps"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|st| st["step"] == "execute_bootc_install"),
+        "get_deploy_steps lists execute_bootc_install: {listed:?}"
+    );
+    let v = &out["final"];
     assert_eq!(
         v["command_status"],
         "SUCCEEDED",

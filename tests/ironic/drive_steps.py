@@ -10,6 +10,8 @@ Scenarios:
                      execute_clean_step --step, polled with the conductor's own
                      _get_completed_command until it is no longer RUNNING.
   service            the same with get_service_steps / execute_service_step.
+  deploy             the same with get_deploy_steps / execute_deploy_step (what
+                     AgentBootcDeploy.execute_bootc_install does through execute_step).
   install_bootloader AgentClient.install_bootloader (polls by itself).
   finalize_rescue    AgentClient.finalize_rescue with --rescue-password (hashed).
   lockdown           AgentClient.lockdown: sync, system.lockdown, then waits until
@@ -30,7 +32,7 @@ def parse_args(argv):
     p.add_argument('--agent-url', required=True)
     p.add_argument('--token', default=None)
     p.add_argument('--scenario', required=True,
-                   choices=['clean', 'service', 'install_bootloader',
+                   choices=['clean', 'service', 'deploy', 'install_bootloader',
                             'finalize_rescue', 'lockdown'])
     p.add_argument('--step', default='erase_devices_metadata')
     p.add_argument('--step-args', default=None, metavar='JSON')
@@ -113,7 +115,7 @@ def main(argv=None):
            'node': node, 'ports': ports, 'agent_base': agent_base}
     out = {'scenario': args.scenario}
     try:
-        if args.scenario in ('clean', 'service'):
+        if args.scenario in ('clean', 'service', 'deploy'):
             out.update(steps(ctx, args.scenario))
         elif args.scenario == 'install_bootloader':
             out['final'] = ctx['client'].install_bootloader(
