@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{free_port, loop_devices_available, AgentProc, LoopDev};
+use common::{free_port, loop_devices_available, sh_env, AgentProc, LoopDev};
 use serde_json::{json, Value};
 
 const T: &str = "bootc-real-token-0123456789abcdef0123";
@@ -39,30 +39,16 @@ fn ironic_secret(user: &str, password: &str) -> String {
     b64(&b64(&format!("{user}:{password}")))
 }
 
-fn sh(cmd: &str, args: &[&str], env: &[(String, String)]) -> (bool, String) {
-    let out = Command::new(cmd)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// The test's own podman (building, pushing, the anonymous pull check), in a private mount
 /// namespace so that no mount of its store can outlive it on the host.
 fn podman(args: &[&str], env: &[(String, String)]) -> (bool, String) {
     let mut a = vec!["--mount", "--propagation", "private", "--", "podman"];
     a.extend(args);
-    sh("unshare", &a, env)
+    sh_env("unshare", &a, env)
 }
 
 fn which(tool: &str) -> Option<String> {
-    let (ok, out) = sh("sh", &["-c", &format!("command -v {tool}")], &[]);
+    let (ok, out) = sh_env("sh", &["-c", &format!("command -v {tool}")], &[]);
     ok.then(|| out.trim().to_string())
 }
 
@@ -74,7 +60,7 @@ fn available(test: &str) -> bool {
     let tools = ["podman", "runc", "docker-registry", "htpasswd", "sgdisk"];
     let missing: Vec<&str> = tools.into_iter().filter(|t| which(t).is_none()).collect();
     // The test image's rootfs is a static busybox (Debian's busybox-static), nothing else.
-    let busybox = sh("ldd", &["/bin/busybox"], &[])
+    let busybox = sh_env("ldd", &["/bin/busybox"], &[])
         .1
         .contains("not a dynamic executable");
     if missing.is_empty() && busybox {
@@ -99,7 +85,7 @@ struct Registry {
 impl Registry {
     fn start(dir: &Path, user: &str, password: &str) -> Registry {
         let port = free_port();
-        let (ok, pw) = sh("htpasswd", &["-Bbn", user, password], &[]);
+        let (ok, pw) = sh_env("htpasswd", &["-Bbn", user, password], &[]);
         assert!(ok, "htpasswd: {pw}");
         std::fs::write(dir.join("htpasswd"), pw.trim()).unwrap();
         std::fs::create_dir_all(dir.join("registry")).unwrap();
@@ -213,7 +199,7 @@ fn build_and_push(dir: &Path, env: &[(String, String)], reference: &str, bootc: 
         .unwrap()
         .set_len(DISK)
         .unwrap();
-    let (ok, out) = sh(
+    let (ok, out) = sh_env(
         "sgdisk",
         &[
             "-o",
@@ -232,13 +218,13 @@ fn build_and_push(dir: &Path, env: &[(String, String)], reference: &str, bootc: 
     std::fs::write(root.join("gpt-head.bin"), &model[..34 * 512]).unwrap();
     std::fs::write(root.join("gpt-tail.bin"), &model[model.len() - 33 * 512..]).unwrap();
     let tar = dir.join("rootfs.tar");
-    let (ok, out) = sh(
+    let (ok, out) = sh_env(
         "chmod",
         &["755", root.join("usr/bin/bootc").to_str().unwrap()],
         &[],
     );
     assert!(ok, "{out}");
-    let (ok, out) = sh(
+    let (ok, out) = sh_env(
         "tar",
         &[
             "-C",
@@ -423,7 +409,7 @@ fn configdrive() -> String {
 
 /// (start, size) in sectors of each partition on `dev`, from `sfdisk -J`.
 fn partitions(dev: &Path) -> Vec<(u64, u64)> {
-    let (ok, out) = sh("sfdisk", &["-J", dev.to_str().unwrap()], &[]);
+    let (ok, out) = sh_env("sfdisk", &["-J", dev.to_str().unwrap()], &[]);
     assert!(ok, "sfdisk -J: {out}");
     let v: Value = serde_json::from_str(&out).unwrap();
     v["partitiontable"]["partitions"]
@@ -538,7 +524,7 @@ fn real_podman_pulls_with_the_secret_installs_and_adds_the_config_drive() {
         "{parts:?}"
     );
     let p = LoopDev::over_range(&s.dev.dev, start * 512, size * 512);
-    let (_, b) = sh(
+    let (_, b) = sh_env(
         "blkid",
         &["-p", "-o", "export", p.dev.to_str().unwrap()],
         &[],

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use base64::Engine;
-use common::{gpt_image, loop_devices_available, sha256, LoopDev, Route, Server};
+use common::{gpt_image, loop_devices_available, sh, sha256, LoopDev, Route, Server};
 
 const MIB: u64 = 1 << 20;
 
@@ -18,21 +18,6 @@ fn fixture_b64() -> String {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/configdrive.b64"),
     )
     .unwrap()
-}
-
-fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// Deploys `image` (served over HTTP) with `--configdrive` onto `dev` through the CLI.

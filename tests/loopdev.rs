@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{gpt_image, loop_devices_available, sha256, LoopDev, Route, Server};
+use common::{gpt_image, loop_devices_available, sh, sha256, LoopDev, Route, Server};
 use rivet::deploy::pipeline::{write_image_to_path, DeployOptions};
 use rivet::disk::partitions::GptFix;
 use rivet::image::fetch::{FetchConfig, Progress};
@@ -22,19 +21,6 @@ fn cfg() -> FetchConfig {
         retry_interval: Duration::from_millis(10),
         ..FetchConfig::default()
     }
-}
-
-fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[test]

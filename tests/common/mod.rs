@@ -400,6 +400,27 @@ pub fn bytes(len: usize, seed: u64) -> Arc<Vec<u8>> {
     Arc::new(v)
 }
 
+/// Runs `cmd` with `args` (and extra environment `env`); whether it succeeded, and its stdout
+/// followed by its stderr. Panics when it cannot start.
+pub fn sh_env(cmd: &str, args: &[&str], env: &[(String, String)]) -> (bool, String) {
+    let out = Command::new(cmd)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// [`sh_env`] without extra environment.
+pub fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
+    sh_env(cmd, args, &[])
+}
+
 pub fn sha256(data: &[u8]) -> String {
     let mut h = rivet::image::checksum::Algorithm::Sha256.hasher();
     h.update(data);
