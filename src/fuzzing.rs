@@ -51,6 +51,15 @@ impl GuestSink for Bounded {
     }
 }
 
+/// One decoding thread or three, as the input chooses: zstd frames stream, or are walked and
+/// decoded apart.
+fn limits(data: &[u8]) -> compress::Limits {
+    compress::Limits {
+        threads: if data.len().is_multiple_of(2) { 3 } else { 1 },
+        memory: 32 << 20,
+    }
+}
+
 /// Pieces of a size the input chooses, as the network would cut them.
 fn step(data: &[u8]) -> usize {
     1 + usize::from(data.first().copied().unwrap_or(0)) * 61
@@ -160,12 +169,12 @@ pub fn compressed(data: &[u8]) {
     let Some(codec) = compress::detect(&data[..data.len().min(MAGIC_LEN)]) else {
         return;
     };
-    let Ok(mut inf) = compress::inflater(codec) else {
+    let Ok(mut inf) = compress::inflater(codec, limits(data)) else {
         return;
     };
     let mut head: Vec<u8> = Vec::new();
     let mut total = 0usize;
-    let mut emit = |b: Vec<u8>| {
+    let mut emit = |b: bytes::Bytes| {
         assert!(
             !b.is_empty() && b.len() <= CHUNK,
             "buffer of {} bytes",

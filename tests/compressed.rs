@@ -1,4 +1,5 @@
-//! Compressed images with the real compressors (`gzip`, `xz -T0` with several blocks, `zstd`)
+//! Compressed images with the real compressors (`gzip`, `xz -T0` with several blocks, `zstd`,
+//! `pzstd` with several frames)
 //! and `qemu-img`, served over HTTP and streamed onto loop devices, read back bit for bit:
 //! raw, qcow2 and GPT inside; truncated streams, trailing garbage, a bomb, a refused format
 //! inside, a declared/actual mismatch, and a connection cut in the middle of the compressed
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{loop_devices_available, sha256, LoopDev, Route, Server};
-use rivet::deploy::decode::{Codec, FormatPolicy, WritePath};
+use rivet::deploy::decode::{Codec, DecompressLimits, FormatPolicy, WritePath};
 use rivet::deploy::pipeline::{write_image_to_path, DeployOptions, Written};
 use rivet::errors::{AgentError, Result};
 use rivet::image::fetch::FetchConfig;
@@ -31,7 +32,7 @@ fn run(cmd: &str, args: &[&str]) {
 }
 
 fn tools_available(test: &str) -> bool {
-    for t in ["gzip", "xz", "zstd", "qemu-img"] {
+    for t in ["gzip", "xz", "zstd", "pzstd", "qemu-img"] {
         if Command::new(t).arg("--version").output().is_err() {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("{test}: {t} is missing");
@@ -72,6 +73,12 @@ fn compress(src: &Path, how: &str) -> PathBuf {
             "xz",
         ),
         "zst" => ("zstd", vec!["-q", "-f", "-T0", s], "zst"),
+        // Several frames (2 MiB each at -1), each behind a skippable frame: decoded apart.
+        "pzst" => {
+            let out = format!("{s}.pzst");
+            run("pzstd", &["-q", "-f", "-p", "2", "-1", s, "-o", &out]);
+            return PathBuf::from(out);
+        }
         other => panic!("{other}"),
     };
     run(cmd, &args);
@@ -108,6 +115,11 @@ fn deploy(
             disk_format: disk_format.map(String::from),
             ..policy
         },
+        // Two threads whatever this machine has: xz blocks and zstd frames decoded apart.
+        decompress: DecompressLimits {
+            threads: 2,
+            memory: 32 << 20,
+        },
         ..DeployOptions::default()
     };
     write_image_to_path(&info, target, &cfg(), &opts, Arc::default())
@@ -132,7 +144,12 @@ fn gzip_xz_and_zstd_raw_images_land_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let (raw, img) = image(dir.path(), 12 * MIB, 1);
     let s = Server::start();
-    for (how, codec) in [("gz", Codec::Gzip), ("xz", Codec::Xz), ("zst", Codec::Zstd)] {
+    for (how, codec) in [
+        ("gz", Codec::Gzip),
+        ("xz", Codec::Xz),
+        ("zst", Codec::Zstd),
+        ("pzst", Codec::Zstd),
+    ] {
         let data = read(&compress(&raw, how));
         assert!(
             data.len() < img.len() / 2,
@@ -274,7 +291,7 @@ fn broken_streams_are_refused_and_leave_nothing_bootable() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (raw, img) = image(dir.path(), 6 * MIB, 4);
-    for how in ["gz", "xz", "zst"] {
+    for how in ["gz", "xz", "zst", "pzst"] {
         let c = std::fs::read(compress(&raw, how)).unwrap();
         // Truncated: the digest is of the truncated file, so only the stream can tell.
         let (e, disk) = refused(
@@ -320,7 +337,7 @@ fn a_bomb_bigger_than_the_device_is_out_of_space() {
     let dir = tempfile::tempdir().unwrap();
     let z = dir.path().join("zeros.raw");
     std::fs::write(&z, vec![0u8; 64 * MIB]).unwrap();
-    for how in ["gz", "zst"] {
+    for how in ["gz", "zst", "pzst"] {
         let c = std::fs::read(compress(&z, how)).unwrap();
         assert!(c.len() < MIB);
         let (e, disk) = refused(
@@ -434,7 +451,7 @@ fn a_connection_cut_mid_stream_resumes_the_decompressor() {
     let dir = tempfile::tempdir().unwrap();
     let (raw, img) = image(dir.path(), 12 * MIB, 6);
     let s = Server::start();
-    for how in ["gz", "xz", "zst"] {
+    for how in ["gz", "xz", "zst", "pzst"] {
         let data = read(&compress(&raw, how));
         let dev = LoopDev::new(dir.path(), &format!("r.{how}.disk"), 16 * MIB as u64, 0xAA);
         let name = format!("cut.raw.{how}");
@@ -539,4 +556,93 @@ fn rivet_deploy_takes_a_compressed_image_onto_a_file() {
         "{err}"
     );
     assert!(std::fs::read(&target).unwrap()[..img.len()] == img[..]);
+}
+
+#[test]
+fn rivet_deploy_decodes_zstd_frames_on_the_threads_it_is_given() {
+    if !tools_available("rivet_deploy_pzstd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, img) = image(dir.path(), 12 * MIB, 8);
+    let data = read(&compress(&raw, "pzst"));
+    let s = Server::start();
+    let url = s.route("/cli.raw.pzst", bytes_route(&data));
+    let target = dir.path().join("disk.img");
+    let deploy = |threads: &str| {
+        std::fs::write(&target, vec![0xEEu8; 16 * MIB]).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_rivet"))
+            .args([
+                "deploy",
+                "--url",
+                &url,
+                "--device",
+                target.to_str().unwrap(),
+            ])
+            .args([
+                "--os-hash-algo",
+                "sha256",
+                "--os-hash-value",
+                &sha256(&data),
+            ])
+            .args([
+                "--disk-format",
+                "raw",
+                "--retries",
+                "0",
+                "--no-partition-check",
+            ])
+            .args(["--decompress-threads", threads])
+            .output()
+            .unwrap()
+    };
+    // How many frames pzstd cut the image into, as zstd itself counts them.
+    let list = Command::new("zstd")
+        .args(["-lv", dir.path().join("img-8.raw.pzst").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    let frames: u32 = list
+        .lines()
+        .find_map(|l| l.strip_prefix("# Zstandard Frames: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("zstd -lv: {list}"));
+    assert!(
+        frames > 2,
+        "pzstd -1 cuts 12 MiB into several frames: {list}"
+    );
+    let out = deploy("2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "zstd frames decoded apart, on several threads frames={frames} threads=2"
+        )),
+        "{err}"
+    );
+    assert!(std::fs::read(&target).unwrap()[..img.len()] == img[..]);
+    // One thread: libzstd streams the same file.
+    let out = deploy("1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("decoded apart"), "{err}");
+    assert!(std::fs::read(&target).unwrap()[..img.len()] == img[..]);
+    // A bad value stops rivet before anything is downloaded or written.
+    let before = s.requests("/cli.raw.pzst").len();
+    let out = deploy("0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "invalid setting decompress_threads=\"0\" (from --decompress-threads): \
+             'auto' or a number of threads from 1 to 64"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        s.requests("/cli.raw.pzst").len(),
+        before,
+        "nothing downloaded"
+    );
+    assert!(std::fs::read(&target).unwrap().iter().all(|&b| b == 0xEE));
 }

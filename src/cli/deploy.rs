@@ -47,6 +47,14 @@ pub(super) struct DeployArgs {
     /// Formats allowed (setting permitted_image_formats; default raw,gpt,qcow2).
     #[arg(long, value_name = "LIST")]
     permitted_image_formats: Option<String>,
+    /// Threads decompressing a compressed image: auto (one fewer than the CPUs) or 1-64
+    /// (setting decompress_threads).
+    #[arg(long, value_name = "auto|N")]
+    decompress_threads: Option<String>,
+    /// MiB the decompressor may hold to decode on several threads (setting
+    /// decompress_memory_mib; default 32).
+    #[arg(long, value_name = "MIB")]
+    decompress_memory_mib: Option<String>,
     /// Directory for the temporary copy of images that cannot stream (setting image_tmp_dir).
     #[arg(long, value_name = "DIR")]
     tmp_dir: Option<PathBuf>,
@@ -127,6 +135,8 @@ impl DeployArgs {
             self.permitted_image_formats.clone(),
         );
         put("image_tmp_dir", path(&self.tmp_dir));
+        put("decompress_threads", self.decompress_threads.clone());
+        put("decompress_memory_mib", self.decompress_memory_mib.clone());
         put("md5_enabled", on(self.md5));
         put("insecure", on(self.insecure));
         put("cafile", path(&self.cafile));

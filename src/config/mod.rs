@@ -22,7 +22,8 @@ use std::path::PathBuf;
 
 pub use sources::{env_name, parse_cmdline};
 pub use value::{
-    parse_bool, AuthStrategy, Curve, List, PowerBackendKind, Scheme, Secs, SettingValue, TlsVersion,
+    parse_bool, AuthStrategy, Curve, List, Mib, PowerBackendKind, Scheme, Secs, SettingValue,
+    Threads, TlsVersion,
 };
 
 use crate::image::fetch::FetchConfig;
@@ -181,6 +182,10 @@ settings! {
     disable_deep_image_inspection: bool = Some("false");
     /// Directory for temporary copies of images that cannot stream (default: the system temp dir)
     image_tmp_dir: Option<PathBuf> = None;
+    /// Threads decompressing a compressed image (xz blocks, zstd frames); auto: one fewer than the CPUs, as the download, hash and write need one
+    decompress_threads: Threads = Some("auto");
+    /// MiB the decompressor may hold to decode on several threads (xz blocks, zstd frames in flight)
+    decompress_memory_mib: Mib = Some("32");
     /// Serve the API over TLS with tls_cert_file/tls_key_file
     listen_tls: bool = Some("false");
     /// Server certificate (PEM) for listen_tls

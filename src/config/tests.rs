@@ -116,3 +116,48 @@ fn lookup_overrides_are_typed() {
     let bad = serde_json::json!({"tls_min_version": "1.1"});
     assert!(s.apply_lookup_config(bad.as_object().unwrap()).is_err());
 }
+
+#[test]
+fn decompression_limits_are_typed() {
+    let s = Settings::defaults().unwrap();
+    assert_eq!(
+        (s.decompress_threads, s.decompress_memory_mib),
+        (Threads::Auto, Mib(32))
+    );
+    let load = |k: &str, v: &str| {
+        let mut env = BTreeMap::new();
+        env.insert(sources::env_name(k), v.to_string());
+        let mut flags = BTreeMap::new();
+        flags.insert("cmdline".to_string(), "/nonexistent".to_string());
+        Settings::load(&flags, &env)
+    };
+    let s = load("decompress_threads", "3").unwrap();
+    assert_eq!(s.decompress_threads, Threads::Count(3));
+    assert_eq!(
+        load("decompress_threads", "AUTO")
+            .unwrap()
+            .decompress_threads,
+        Threads::Auto
+    );
+    for bad in ["0", "65", "two", "-1"] {
+        let e = load("decompress_threads", bad).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid setting decompress_threads=\"{bad}\" (from RIVET_DECOMPRESS_THREADS): \
+                 'auto' or a number of threads from 1 to 64"
+            )
+        );
+    }
+    assert_eq!(
+        load("decompress_memory_mib", "256")
+            .unwrap()
+            .decompress_memory_mib,
+        Mib(256)
+    );
+    let e = load("decompress_memory_mib", "0").unwrap_err();
+    assert!(
+        e.to_string().ends_with("a size in MiB from 1 to 65536"),
+        "{e}"
+    );
+}

@@ -83,6 +83,40 @@ impl SettingValue for Secs {
     }
 }
 
+/// A number of threads: `auto` (the program decides from the CPUs) or 1 to 64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Decided from the CPUs.
+    Auto,
+    /// Exactly this many.
+    Count(u16),
+}
+
+impl SettingValue for Threads {
+    fn parse(text: &str) -> Result<Self, &'static str> {
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(Threads::Auto);
+        }
+        match text.parse::<u16>() {
+            Ok(n @ 1..=64) => Ok(Threads::Count(n)),
+            _ => Err("'auto' or a number of threads from 1 to 64"),
+        }
+    }
+}
+
+/// A size in MiB, 1 to 65536.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mib(pub u64);
+
+impl SettingValue for Mib {
+    fn parse(text: &str) -> Result<Self, &'static str> {
+        match text.parse::<u64>() {
+            Ok(n @ 1..=65536) => Ok(Mib(n)),
+            _ => Err("a size in MiB from 1 to 65536"),
+        }
+    }
+}
+
 /// A comma-separated list (a TOML array is joined with commas before it gets here).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct List(pub Vec<String>);

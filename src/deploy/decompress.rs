@@ -20,7 +20,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use bytes::Bytes;
 
-use super::decode::{DecodeError, Decoder, WritePath};
+use super::decode::{DecodeError, Decoder, DecompressLimits, WritePath};
 use super::pipeline::Msg;
 use crate::disk::writer::DiskWriter;
 use crate::errors::AgentError;
@@ -37,6 +37,8 @@ pub(crate) struct Bound {
     pub device: String,
     /// For messages.
     pub image_id: String,
+    /// Threads and memory the decompressor may use.
+    pub limits: DecompressLimits,
 }
 
 type Outcome = Result<(DiskWriter, WritePath), DecodeError>;
@@ -80,6 +82,7 @@ fn sniff(rx: &mut impl Iterator<Item = Msg>) -> (Option<Codec>, Vec<Msg>) {
 /// A compressed image being decompressed, with the decoder on its own thread.
 struct Inflating {
     tx: SyncSender<Option<Msg>>,
+    limits: DecompressLimits,
     decoder: std::thread::JoinHandle<Outcome>,
 }
 
@@ -96,7 +99,11 @@ impl Inflating {
         let decoder = std::thread::Builder::new()
             .name("rivet-image".into())
             .spawn(move || decode_loop(d, inner_rx))?;
-        let me = Inflating { tx, decoder };
+        let me = Inflating {
+            tx,
+            limits: bound.limits,
+            decoder,
+        };
         match me.pump(codec, seen.into_iter().chain(rx), bound) {
             Ok(()) => me.join().map(|(w, path)| {
                 let qcow2 = path == WritePath::Qcow2Stream;
@@ -131,12 +138,13 @@ impl Inflating {
         bound: &Bound,
     ) -> Result<(), DecodeError> {
         let tx = self.tx.clone();
-        let mut emit = move |b: Vec<u8>| {
-            tx.send(Some(Msg::Data(Bytes::from(b))))
+        let mut emit = move |b: Bytes| {
+            tx.send(Some(Msg::Data(b)))
                 .map_err(|_| io::Error::other("the image decoder stopped"))
         };
         let mut out = Output::new(&mut emit);
-        let mut inf: Option<Box<dyn Inflate>> = Some(compress::inflater(codec).map_err(refused)?);
+        let mut inf: Option<Box<dyn Inflate>> =
+            Some(compress::inflater(codec, self.limits.into()).map_err(refused)?);
         // After a restart from byte 0, the first bytes are sniffed again.
         let mut head: Vec<u8> = Vec::new();
         for m in msgs {
@@ -192,7 +200,7 @@ impl Inflating {
     /// A restarted download must be the same kind of file.
     fn restart(&self, codec: Codec, head: &[u8]) -> Result<Box<dyn Inflate>, DecodeError> {
         match compress::detect(head) {
-            Some(c) => compress::inflater(c).map_err(refused),
+            Some(c) => compress::inflater(c, self.limits.into()).map_err(refused),
             None => Err(refused(CompressError::Corrupt {
                 codec,
                 why: "the restarted download is no longer compressed".into(),
@@ -208,6 +216,15 @@ impl Inflating {
 
     fn failed(&self, e: CompressError) -> DecodeError {
         refused(e)
+    }
+}
+
+impl From<DecompressLimits> for compress::Limits {
+    fn from(l: DecompressLimits) -> Self {
+        compress::Limits {
+            threads: l.threads.max(1),
+            memory: l.memory,
+        }
     }
 }
 
@@ -270,6 +287,7 @@ pub(super) fn unpack_file(
     dir: &std::path::Path,
     capacity: Option<u64>,
     image_id: &str,
+    limits: DecompressLimits,
 ) -> Result<Option<std::fs::File>, AgentError> {
     use std::io::Read;
     let io_err = |e: io::Error| {
@@ -294,7 +312,7 @@ pub(super) fn unpack_file(
     let mut src = std::io::BufReader::new(std::io::Cursor::new(head).chain(src));
     let mut dst = std::io::BufWriter::new(&out);
     let limit = capacity.unwrap_or(u64::MAX);
-    match compress::decompress_file(codec, &mut src, &mut dst, limit) {
+    match compress::decompress_file(codec, &mut src, &mut dst, limit, limits.into()) {
         Ok(_) => {}
         Err(CompressError::Output(e)) => return Err(io_err(e)),
         Err(e) => {

@@ -79,6 +79,10 @@ impl DeployRequest {
             opts: DeployOptions {
                 policy,
                 tmp_dir: settings.image_tmp_dir.clone(),
+                decompress: decode::DecompressLimits::new(
+                    settings.decompress_threads,
+                    settings.decompress_memory_mib.0,
+                ),
                 ..DeployOptions::default()
             },
             configdrive,

@@ -44,6 +44,8 @@ pub struct DeployOptions {
     pub policy: FormatPolicy,
     /// Where the temp-file path keeps its copy (default: the system's temp dir, as IPA).
     pub tmp_dir: Option<PathBuf>,
+    /// Threads and memory for decompressing a compressed image.
+    pub decompress: super::decode::DecompressLimits,
 }
 
 impl Default for DeployOptions {
@@ -53,6 +55,7 @@ impl Default for DeployOptions {
             direct_io: true,
             policy: FormatPolicy::default(),
             tmp_dir: None,
+            decompress: super::decode::DecompressLimits::default(),
         }
     }
 }
@@ -270,6 +273,7 @@ impl Stages {
             capacity: target.capacity(),
             device: target.path().display().to_string(),
             image_id: info.id.clone(),
+            limits: opts.decompress,
         };
         let writer = spawn("rivet-decode", move || {
             super::decompress::route(decoder, write_rx, bound)

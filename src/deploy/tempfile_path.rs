@@ -165,14 +165,19 @@ pub(super) fn deploy(
         return Err(checksum_error(info, &path, &digest, expected));
     }
     // A compressed copy: the inspector and qemu-img see the image inside (nameless too).
-    let (file, path) =
-        match super::decompress::unpack_file(&path, &dir, target.capacity(), &info.id)? {
-            Some(inner) => {
-                let p = fd_path(&inner);
-                (inner, p)
-            }
-            None => (file, path),
-        };
+    let (file, path) = match super::decompress::unpack_file(
+        &path,
+        &dir,
+        target.capacity(),
+        &info.id,
+        opts.decompress,
+    )? {
+        Some(inner) => {
+            let p = fd_path(&inner);
+            (inner, p)
+        }
+        None => (file, path),
+    };
     let (head, tail) = head_and_tail(&file).map_err(|e| write_error(info, &path, &e))?;
     let p = &opts.policy;
     let found = inspect::check(&head, p.disk_format.as_deref(), &p.permitted, p.deep)?;

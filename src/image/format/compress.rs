@@ -13,8 +13,9 @@
 //! - xz: `liblzma` (bindings to xz-utils' liblzma, the reference implementation), with its
 //!   multi-threaded decoder: an xz file made of several blocks (`xz -T0`, or `--block-size`)
 //!   decodes on several cores; a single-block file decodes on one, as the format requires;
-//! - zstd: `zstd` (bindings to the reference libzstd). libzstd decodes frames one after another;
-//!   it has no parallel decoder.
+//! - zstd: `zstd` (bindings to the reference libzstd). libzstd has no parallel decoder, so a
+//!   file of several frames (`pzstd`) is cut at frame boundaries here and its frames decoded on
+//!   several threads; one big frame (what `zstd` writes) streams through libzstd on one.
 //!
 //! The rules, the same for the three: concatenated members/streams/frames are one image; a
 //! stream that ends in the middle is [`CompressError::Truncated`]; anything after the last
@@ -24,16 +25,12 @@
 
 use std::io;
 
+use bytes::Bytes;
+
 /// Bytes needed to recognise every compression here.
 pub(crate) const MAGIC_LEN: usize = 6;
 /// Size of the buffers handed out (and so of the chunks the next stage receives).
 pub(crate) const CHUNK: usize = 1 << 20;
-/// Memory the xz decoder may use for threads; past it liblzma decodes with fewer (one).
-/// Each thread holds a block's input and output, so `xz -T0` files (blocks of 3x the
-/// dictionary: 12-24 MiB) get one thread here, small-block files several. Chosen so that a
-/// deploy stays under 64 MiB of RSS (rivet's other stages take ~35 MiB); 256 MiB made xz
-/// deploys ~1.4x faster on 2 cores at 129 MiB of RSS (docs/data-path.md, bench/RESULTS.md).
-pub(crate) const XZ_THREADING_MEMLIMIT: u64 = 24 << 20;
 /// Memory beyond which an xz stream is refused (its dictionary alone; `xz -9` needs 65 MiB).
 pub(crate) const XZ_MEMLIMIT: u64 = 1 << 30;
 /// A gzip header longer than this (file name and comment) is refused, not buffered.
@@ -114,13 +111,13 @@ fn corrupt(codec: Codec, why: impl std::fmt::Display) -> CompressError {
 /// so the next stage takes them without a copy.
 pub(crate) struct Output<'a> {
     buf: Vec<u8>,
-    emit: &'a mut dyn FnMut(Vec<u8>) -> io::Result<()>,
+    emit: &'a mut dyn FnMut(Bytes) -> io::Result<()>,
     total: u64,
 }
 
 impl<'a> Output<'a> {
     /// Output handed to `emit`.
-    pub(crate) fn new(emit: &'a mut dyn FnMut(Vec<u8>) -> io::Result<()>) -> Self {
+    pub(crate) fn new(emit: &'a mut dyn FnMut(Bytes) -> io::Result<()>) -> Self {
         Output {
             buf: Vec::with_capacity(CHUNK),
             emit,
@@ -148,7 +145,19 @@ impl<'a> Output<'a> {
         }
         let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         self.total += full.len() as u64;
-        (self.emit)(full)
+        (self.emit)(Bytes::from(full))
+    }
+
+    /// Hands out a whole decoded piece (a zstd frame decoded apart) after what is buffered,
+    /// in views of at most [`CHUNK`] bytes of the same allocation: no copy.
+    fn put(&mut self, mut piece: Bytes) -> io::Result<()> {
+        self.flush()?;
+        while !piece.is_empty() {
+            let view = piece.split_to(piece.len().min(CHUNK));
+            self.total += view.len() as u64;
+            (self.emit)(view)?;
+        }
+        Ok(())
     }
 }
 
@@ -161,12 +170,21 @@ pub(crate) trait Inflate: Send {
     fn finish(&mut self, out: &mut Output<'_>) -> Result<(), CompressError>;
 }
 
+/// Threads and memory a decompressor may use to decode parts of a file at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Threads decoding at once; 1 decodes on the caller's thread.
+    pub(crate) threads: usize,
+    /// Bytes held for that (xz: liblzma's threading memory limit; zstd: frames in flight).
+    pub(crate) memory: u64,
+}
+
 /// A decompressor for `codec`.
-pub(crate) fn inflater(codec: Codec) -> Result<Box<dyn Inflate>, CompressError> {
+pub(crate) fn inflater(codec: Codec, limits: Limits) -> Result<Box<dyn Inflate>, CompressError> {
     Ok(match codec {
         Codec::Gzip => Box::new(gzip::Gzip::new()),
-        Codec::Xz => Box::new(xz::Xz::new()?),
-        Codec::Zstd => Box::new(zstd_frames::Zstd::new()?),
+        Codec::Xz => Box::new(xz::Xz::new(limits)?),
+        Codec::Zstd => Box::new(zstd_frames::Zstd::new(limits)?),
     })
 }
 
@@ -177,9 +195,10 @@ pub(crate) fn decompress_file(
     src: &mut dyn io::Read,
     dst: &mut dyn io::Write,
     limit: u64,
+    limits: Limits,
 ) -> Result<u64, CompressError> {
-    let mut inf = inflater(codec)?;
-    let mut emit = |b: Vec<u8>| dst.write_all(&b);
+    let mut inf = inflater(codec, limits)?;
+    let mut emit = |b: Bytes| dst.write_all(&b);
     let mut out = Output::new(&mut emit);
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -205,6 +224,7 @@ pub(crate) fn decompress_file(
 mod gzip;
 mod xz;
 mod zstd_frames;
+mod zstd_scan;
 
 #[cfg(test)]
 mod tests;

@@ -37,9 +37,15 @@ fn zst(d: &[u8]) -> Vec<u8> {
 /// Feeds `input` in chunks of `step` bytes and returns the output.
 fn run(input: &[u8], step: usize) -> Result<Vec<u8>, CompressError> {
     let codec = detect(input).expect("compressed");
-    let mut inf = inflater(codec)?;
+    let mut inf = inflater(
+        codec,
+        Limits {
+            threads: 2,
+            memory: 32 << 20,
+        },
+    )?;
     let mut got = Vec::new();
-    let mut emit = |b: Vec<u8>| {
+    let mut emit = |b: bytes::Bytes| {
         got.extend_from_slice(&b);
         Ok(())
     };
@@ -154,8 +160,212 @@ fn decompress_file_bounds_the_output() {
     let d = data(300_000);
     let c = zst(&d);
     let mut out = Vec::new();
-    let n = decompress_file(Codec::Zstd, &mut &c[..], &mut out, 300_000).unwrap();
+    let n = decompress_file(Codec::Zstd, &mut &c[..], &mut out, 300_000, lim(1)).unwrap();
     assert_eq!((n, out), (300_000, d));
-    let e = decompress_file(Codec::Zstd, &mut &c[..], &mut Vec::new(), 299_999).unwrap_err();
+    let e =
+        decompress_file(Codec::Zstd, &mut &c[..], &mut Vec::new(), 299_999, lim(1)).unwrap_err();
     assert!(matches!(e, CompressError::Output(ref io) if io.raw_os_error() == Some(libc::ENOSPC)));
+}
+
+/// Frames as `pzstd` writes them: each chunk its own frame, behind a skippable frame holding
+/// its compressed size. Mixed on purpose: one-shot frames (with their content size), streamed
+/// frames (without), checksummed ones.
+fn pzst(d: &[u8], chunk: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, c) in d.chunks(chunk).enumerate() {
+        let frame = match i % 3 {
+            0 => zstd::bulk::compress(c, 3).unwrap(),
+            1 => zst(c),
+            _ => {
+                let mut e = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+                e.include_checksum(true).unwrap();
+                e.write_all(c).unwrap();
+                e.finish().unwrap()
+            }
+        };
+        out.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0]);
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&frame);
+    }
+    out
+}
+
+fn lim(threads: usize) -> Limits {
+    Limits {
+        threads,
+        memory: 32 << 20,
+    }
+}
+
+/// Feeds `input` in chunks of `step` bytes into `inf` and returns the output.
+fn run_into(
+    mut inf: zstd_frames::Zstd,
+    input: &[u8],
+    step: usize,
+) -> Result<Vec<u8>, CompressError> {
+    let mut got = Vec::new();
+    let mut emit = |b: bytes::Bytes| {
+        assert!(
+            !b.is_empty() && b.len() <= CHUNK,
+            "a view of {} bytes",
+            b.len()
+        );
+        got.extend_from_slice(&b);
+        Ok(())
+    };
+    let mut out = Output::new(&mut emit);
+    for c in input.chunks(step) {
+        inf.feed(c, &mut out)?;
+    }
+    inf.finish(&mut out)?;
+    out.flush()?;
+    drop(out);
+    Ok(got)
+}
+
+/// The three ways a zstd file is decoded: frames apart on threads, frames apart until one is
+/// too big and then streaming, streaming only (one CPU).
+type Make = fn() -> zstd_frames::Zstd;
+
+fn zstd_modes() -> [(&'static str, Make); 3] {
+    [
+        ("frames", || {
+            zstd_frames::Zstd::with(lim(3), 1 << 20).unwrap()
+        }),
+        ("frames then stream", || {
+            zstd_frames::Zstd::with(lim(2), 150_000).unwrap()
+        }),
+        ("stream", || {
+            zstd_frames::Zstd::with(lim(1), 1 << 20).unwrap()
+        }),
+    ]
+}
+
+#[test]
+fn zstd_frames_decode_apart_in_order_in_any_chunking() {
+    let d = data(5 * CHUNK + 777);
+    // 100 KB frames, then one of 2 MB (past the second mode's limit: it streams from there).
+    let c = [pzst(&d[..CHUNK], 100_000), pzst(&d[CHUNK..], 2 << 20)].concat();
+    for (mode, make) in zstd_modes() {
+        for step in [1usize << 20, 65536, 4099, 13] {
+            let got = run_into(make(), &c, step).unwrap_or_else(|e| panic!("{mode}: {e}"));
+            assert!(got == d, "{mode} step {step}: output differs");
+        }
+    }
+    // Which frames were decoded apart: the 11 small ones, then the first 2 MiB frame is past
+    // a 1 MiB limit and the rest streams; under an 8 MiB limit all 14 are.
+    for (limit, apart) in [(1usize << 20, 11), (8 << 20, 14)] {
+        let mut z = zstd_frames::Zstd::with(lim(2), limit).unwrap();
+        let mut sink = |_: bytes::Bytes| Ok(());
+        let mut out = Output::new(&mut sink);
+        z.feed(&c, &mut out).unwrap();
+        z.finish(&mut out).unwrap();
+        assert_eq!(z.decoded_apart(), apart, "limit {limit}");
+    }
+    // The default decoder on this machine takes the same file the same way.
+    assert_eq!(run(&c, 65536).unwrap(), d);
+}
+
+#[test]
+fn zstd_frames_keep_the_end_of_stream_rules() {
+    let d = data(600_000);
+    let c = pzst(&d, 100_000);
+    for (mode, make) in zstd_modes() {
+        // Cut inside a frame, inside a frame header, inside the skippable frame, its length.
+        for cut in [c.len() - 1, c.len() - 3, c.len() / 2, 20, 10, 6] {
+            let e = run_into(make(), &c[..cut], 4096).unwrap_err();
+            assert!(
+                matches!(e, CompressError::Truncated(Codec::Zstd)),
+                "{mode} cut {cut}: {e}"
+            );
+        }
+        for junk in [&b"garbage!"[..], &[0u8; 3], &[0x28, 0xb5, 0x2f, 0xfe]] {
+            let bad = [c.clone(), junk.to_vec()].concat();
+            let e = run_into(make(), &bad, 4096).unwrap_err();
+            assert!(
+                matches!(e, CompressError::TrailingGarbage(Codec::Zstd)),
+                "{mode} junk {junk:?}: {e}"
+            );
+        }
+        // The start of a magic number at the very end: a frame that never came.
+        let bad = [c.clone(), vec![0x28, 0xb5]].concat();
+        assert!(matches!(
+            run_into(make(), &bad, 4096).unwrap_err(),
+            CompressError::Truncated(Codec::Zstd)
+        ));
+    }
+}
+
+#[test]
+fn zstd_frames_refuse_corrupt_frames() {
+    let d = data(300_000);
+    let c = pzst(&d, 100_000);
+    // The third frame carries a checksum: damage its payload. (12 bytes of skippable frame
+    // before each frame.)
+    let first = u32::from_le_bytes(c[8..12].try_into().unwrap()) as usize;
+    let second = u32::from_le_bytes(c[12 + first + 8..12 + first + 12].try_into().unwrap());
+    let third = 12 + first + 12 + second as usize + 12;
+    let mut bad = c.clone();
+    bad[third + 500] ^= 0x40;
+    bad[third + 501] ^= 0x04;
+    for (mode, make) in zstd_modes() {
+        let e = run_into(make(), &bad, 8192).unwrap_err();
+        assert!(matches!(e, CompressError::Corrupt { .. }), "{mode}: {e}");
+    }
+    // A reserved block type in a frame's first block header (after the 12-byte skippable
+    // frame, the 4-byte magic and a header of 2 to 14 bytes: found by walking it here).
+    let mut bad = c.clone();
+    let fhd = bad[16];
+    let header = 1
+        + usize::from(fhd & 0x20 == 0)
+        + [usize::from(fhd & 0x20 != 0), 2, 4, 8][usize::from(fhd >> 6)];
+    bad[16 + header] |= 0b110;
+    let e = run_into(
+        zstd_frames::Zstd::with(lim(2), 1 << 20).unwrap(),
+        &bad,
+        4096,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("reserved block type"), "frames: {e}");
+}
+
+#[test]
+fn a_frame_that_lies_about_its_size_is_refused_without_a_huge_buffer() {
+    // A one-shot frame of 100 bytes (single segment, one byte of content size), rewritten to
+    // claim another size in an 8-byte field; otherwise intact.
+    let d = data(100);
+    let f = zstd::bulk::compress(&d, 3).unwrap();
+    assert_eq!(
+        (f[4] >> 6, f[4] & 0x20),
+        (0, 0x20),
+        "single segment, 1-byte size"
+    );
+    let claim = |size: u64| {
+        let mut lie = f[..4].to_vec();
+        lie.push(f[4] | 0xc0);
+        lie.extend_from_slice(&size.to_le_bytes());
+        lie.extend_from_slice(&f[6..]);
+        lie
+    };
+    // 1 TiB: past the limit, so it goes to the streaming decoder, whose window limit refuses
+    // it; below the limit it is decoded apart into a buffer bounded by its one block (not by
+    // the claim), and the size mismatch is refused.
+    for size in [1u64 << 40, 500_000] {
+        let e = run_into(
+            zstd_frames::Zstd::with(lim(2), 1 << 20).unwrap(),
+            &claim(size),
+            4096,
+        )
+        .unwrap_err();
+        assert!(matches!(e, CompressError::Corrupt { .. }), "{size}: {e}");
+    }
+    assert_eq!(
+        run_into(
+            zstd_frames::Zstd::with(lim(2), 1 << 20).unwrap(),
+            &claim(100),
+            7
+        )
+        .unwrap(),
+        d
+    );
 }

@@ -5,7 +5,7 @@
 
 use liblzma::stream::{Action, MtStreamBuilder, Status, Stream};
 
-use super::{corrupt, Codec, CompressError, Inflate, Output, XZ_MEMLIMIT, XZ_THREADING_MEMLIMIT};
+use super::{corrupt, Codec, CompressError, Inflate, Limits, Output, XZ_MEMLIMIT};
 
 enum State {
     /// Inside a stream.
@@ -17,13 +17,17 @@ enum State {
 /// The xz decompressor.
 pub(super) struct Xz {
     state: State,
+    limits: Limits,
 }
 
-fn decoder() -> Result<Stream, CompressError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+/// liblzma's multi-threaded decoder with `limits.threads` threads, as many of which decode at
+/// once as `limits.memory` holds: each holds a block's input and output, so `xz -T0 -3` files
+/// (12 MiB blocks) need ~25 MiB per thread, small-block files far less. The default (32 MiB)
+/// keeps a deploy under 64 MiB of RSS; more memory buys threads (docs/data-path.md).
+fn decoder(limits: Limits) -> Result<Stream, CompressError> {
     MtStreamBuilder::new()
-        .threads(threads)
-        .memlimit_threading(XZ_THREADING_MEMLIMIT)
+        .threads(u32::try_from(limits.threads).unwrap_or(1).max(1))
+        .memlimit_threading(limits.memory)
         .memlimit_stop(XZ_MEMLIMIT)
         // 0: each call blocks until it made progress (this runs on its own thread).
         .timeout_ms(0)
@@ -32,9 +36,10 @@ fn decoder() -> Result<Stream, CompressError> {
 }
 
 impl Xz {
-    pub(super) fn new() -> Result<Self, CompressError> {
+    pub(super) fn new(limits: Limits) -> Result<Self, CompressError> {
         Ok(Xz {
-            state: State::Stream(Box::new(decoder()?)),
+            state: State::Stream(Box::new(decoder(limits)?)),
+            limits,
         })
     }
 }
@@ -63,7 +68,7 @@ impl Inflate for Xz {
                     if *n % 4 != 0 {
                         return Err(CompressError::TrailingGarbage(Codec::Xz));
                     }
-                    self.state = State::Stream(Box::new(decoder()?));
+                    self.state = State::Stream(Box::new(decoder(self.limits)?));
                     // The next stream's first bytes: a wrong magic is trailing garbage.
                     if !input
                         .starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00][..input.len().min(6)])
