@@ -381,10 +381,12 @@ def table(tsv, size_bytes, targets):
 # ------------------------------------------------------ formats (formats.sh)
 FMT_LABELS = {"raw": "raw", "qcow2": "qcow2", "qcow2c": "qcow2 -c",
               "rawgz": "raw.gz", "rawxz": "raw.xz", "rawzst": "raw.zst",
-              "qcow2zst": "qcow2.zst"}
-FMT_ORDER = ["raw", "qcow2", "qcow2c", "rawgz", "rawxz", "rawzst", "qcow2zst"]
+              "rawpzst": "raw.zst (pzstd)", "qcow2zst": "qcow2.zst"}
+FMT_ORDER = ["raw", "qcow2", "qcow2c", "rawgz", "rawxz", "rawzst", "rawpzst",
+             "qcow2zst"]
+COMPRESSED = ["rawgz", "rawxz", "rawzst", "rawpzst", "qcow2zst"]
 KIND_ORDER = ["rivet", "rivet_tmp", "ipa", "ipa_stream", "ipa_dl", "ipa_wr",
-              "lim_curl", "lim_dgst", "lim_dec", "lim_dd"]
+              "lim_curl", "lim_dgst", "lim_dec", "lim_dd", "lim_chain"]
 # The stages of a compressed deploy, each measured alone (bench/formats.sh).
 LIMIT_KINDS = ["lim_curl", "lim_dgst", "lim_dec", "lim_dd"]
 KIND_LABELS = {
@@ -397,10 +399,32 @@ KIND_LABELS = {
               "qemu-img convert, sync, partprobe)",
     "lim_curl": "limit alone: curl of the compressed file to /dev/null",
     "lim_dgst": "limit alone: openssl dgst -sha256 of the compressed file",
-    "lim_dec": "limit alone: decompressor -dc to /dev/null (gzip; xz -T0; zstd)",
+    "lim_dec": "limit alone: decompressor -dc to /dev/null "
+               "(gzip; xz -T0; zstd; pzstd -p NPROC)",
     "lim_dd": "limit alone: dd of the image inside to the target (oflag=direct)",
+    "lim_chain": "tools chained: curl \\| tee >(openssl dgst) \\| "
+                 "decompressor \\| dd, one pipeline",
 }
 BAD = ("FAIL", "MISMATCH", "UNFLUSHED")
+# ftable's TSV columns; older files have only the first 10 (no cpu, srv_cpu).
+FT_COLS = ["run", "target", "fmt", "kind", "secs", "rss", "peak", "left",
+           "status", "dl", "cpu", "srv_cpu"]
+
+
+def _bad_status(st):
+    """A failed or wrong measurement (older files wrote a failed limit as
+    "limit(rc N)" with N != 0)."""
+    return st.startswith(BAD) or (st.startswith("limit(rc ")
+                                  and st != "limit(rc 0)")
+
+
+def _nproc():
+    """The CPU floor's divisor: NPROC from bench/formats.sh, else this
+    process's CPUs (what `nproc` prints)."""
+    try:
+        return int(os.environ["NPROC"])
+    except (KeyError, ValueError):
+        return len(os.sched_getaffinity(0))
 
 
 def ftable(tsv, virtual_bytes, targets):
@@ -412,13 +436,21 @@ def ftable(tsv, virtual_bytes, targets):
         for line in f:
             if not line.strip():
                 continue
-            (_, target, fmt, kind, secs, rss, peak, left, status,
-             dl) = line.rstrip("\n").split("\t")
+            parts = line.rstrip("\n").split("\t")
+            parts += ["-"] * (len(FT_COLS) - len(parts))
+            c = dict(zip(FT_COLS, parts))
+            (target, fmt, kind, secs, rss, peak, left, status, dl) = (
+                c["target"], c["fmt"], c["kind"], c["secs"], c["rss"],
+                c["peak"], c["left"], c["status"], c["dl"])
             r = rows.setdefault((target, fmt, kind), {
                 "secs": [], "rss": [], "peak": [], "left": [], "status": [],
-                "dl": None})
+                "dl": None, "cpu": [], "srv": []})
             if secs != "-":
                 r["secs"].append(float(secs))
+            if c["cpu"] != "-":
+                r["cpu"].append(float(c["cpu"]))
+            if c["srv_cpu"] != "-":
+                r["srv"].append(float(c["srv_cpu"]))
             if rss != "-":
                 r["rss"].append(int(rss))
             if peak != "-":
@@ -429,22 +461,24 @@ def ftable(tsv, virtual_bytes, targets):
             if dl != "-":
                 r["dl"] = int(dl)
 
-    def med(key):
+    def med(key, col="secs"):
         r = rows.get(key)
-        if (not r or not r["secs"]
-                or any(s.startswith(BAD) for s in r["status"])):
+        if (not r or not r[col]
+                or any(_bad_status(s) for s in r["status"])):
             return None
-        return statistics.median(r["secs"])
+        return statistics.median(r[col])
 
     def fmt_n(x, nd=0):
         return "—" if x is None else f"{x:.{nd}f}"
 
     out = ["| target | image (download MiB) | agent, path | s (median) "
-           "| MB/s (virtual) | peak RSS MiB | temp file (peak MiB in tmp) "
+           "| MB/s (virtual) | CPU s (user+sys) | nginx CPU s "
+           "| peak RSS MiB | temp file (peak MiB in tmp) "
            "| left in tmp MiB | time ÷ rivet raw | speed-up over IPA "
            "| written |",
-           "|---|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
+           "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
     summary = []
+    bounds = []
     for t in targets:
         raw_rivet = med((t, "raw", "rivet"))
         for fm in FMT_ORDER:
@@ -474,14 +508,15 @@ def ftable(tsv, virtual_bytes, targets):
                 speedup = ""
                 if kind.startswith("rivet") and s and ipa:
                     speedup = f"{ipa / s:.2f}×"
-                written = ("" if phase
+                written = ("" if phase and kind != "lim_chain"
                            else ",".join(sorted(set(r["status"]))))
                 # the download phase moves the file, not the virtual size
                 speed = (None if kind == "ipa_dl" or not s
                          else virtual / 1e6 / s)
                 out.append(
                     f"| {t} | {image} | {KIND_LABELS[kind]} | {fmt_n(s, 3)} "
-                    f"| {fmt_n(speed)} "
+                    f"| {fmt_n(speed)} | {fmt_n(med(key, 'cpu'), 2)} "
+                    f"| {fmt_n(med(key, 'srv'), 2)} "
                     f"| {fmt_n(rss, 1)} | {tmpcol} | {leftcol} | {ratio_raw} "
                     f"| {speedup} | {written} |")
         for fm in ("qcow2", "qcow2c"):
@@ -503,22 +538,58 @@ def ftable(tsv, virtual_bytes, targets):
                         f"- {t}: {FMT_LABELS[fm]}: {KIND_LABELS[kind]} is "
                         f"{ipa / s:.2f}× as fast as IPA "
                         f"({s:.3f} s vs {ipa:.3f} s)")
-        for fm in ("rawgz", "rawxz", "rawzst", "qcow2zst"):
-            s = med((t, fm, "rivet"))
-            lims = [(k, med((t, fm, k))) for k in LIMIT_KINDS]
-            lims = [(k, v) for k, v in lims if v]
-            if s and lims:
-                k, slowest = max(lims, key=lambda kv: kv[1])
-                q = slowest / s
-                summary.append(
-                    f"- {t}: {FMT_LABELS[fm]}: rivet {s:.3f} s; slowest stage "
-                    f"alone {slowest:.3f} s ({k[4:]}); rivet runs at "
-                    f"{q:.2f}× the slowest stage — goal ≥ 0.9: "
-                    + ("met" if q >= 0.9 else "**missed**"))
+        bounds.extend(_bounds_rows(t, med))
     print("\n".join(out))
     if summary:
         print()
         print("\n".join(summary))
+    if bounds:
+        print()
+        print(BOUNDS_HEAD)
+        print("\n".join(bounds))
+
+
+BOUNDS_HEAD = (
+    "| target | image | rivet s | rivet CPU s | slowest stage alone s "
+    "| ÷ rivet | tools chained s | ÷ rivet | CPU floor s "
+    "| ÷ rivet | goal: rivet ≥ 0.9× slowest stage |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+
+
+def _bounds_rows(t, med):
+    """One row per compressed format on target T: rivet's time and CPU next
+    to the slowest stage alone, the tools chained and the CPU floor (sum of
+    the stages' CPU seconds / NPROC), each with its time ÷ rivet's time."""
+    nproc = _nproc()
+    rows = []
+    for fm in COMPRESSED:
+        s = med((t, fm, "rivet"))
+        lims = [(k, med((t, fm, k))) for k in LIMIT_KINDS]
+        missing = [k[4:] for k, v in lims if not v]
+        lims = [(k, v) for k, v in lims if v]
+        if not s or not lims:
+            continue
+        k, slowest = max(lims, key=lambda kv: kv[1])
+        chain = med((t, fm, "lim_chain"))
+        cpus = [med((t, fm, k), "cpu") for k in LIMIT_KINDS]
+        floor = (sum(cpus) / nproc
+                 if all(c is not None for c in cpus) else None)
+
+        def cell(x, what=""):
+            return ("— | —" if x is None
+                    else f"{x:.3f}{what} | {x / s:.2f}×")
+
+        rcpu = med((t, fm, "rivet"), "cpu")
+        q = slowest / s
+        rows.append(
+            f"| {t} | {FMT_LABELS[fm]} | {s:.3f} "
+            f"| {'—' if rcpu is None else f'{rcpu:.2f}'} "
+            f"| {cell(slowest, f' ({k[4:]})')} | {cell(chain)} "
+            f"| {cell(floor, f' ({sum(cpus):.2f}/{nproc})' if floor else '')} "
+            f"| {q:.2f}× — " + ("met" if q >= 0.9 else "**missed**")
+            + (f" (stage(s) failed or not measured: {', '.join(missing)})"
+               if missing else "") + " |")
+    return rows
 
 
 def _read_lines(path):

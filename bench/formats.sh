@@ -19,12 +19,14 @@ SKIP_IPA_RAW=${SKIP_IPA_RAW:-0}
 COMPRESSIBLE=${COMPRESSIBLE:-0.25}    # share of the payload that is text
 DU_INTERVAL=${DU_INTERVAL:-0.2}       # tmp-dir sampling period, seconds
 read -r -a TARGETS <<<"${TARGETS:-disk}"
-# The compressed rows (raw.gz, raw.xz, raw.zst, qcow2.zst) run with the others;
-# FORMATS="raw rawgz rawxz rawzst qcow2zst" HEADING="## Compressed images" runs
-# only them (with raw for the "time ÷ rivet raw" column) into their own section.
-read -r -a FORMATS <<<"${FORMATS:-raw qcow2 qcow2c rawgz rawxz rawzst qcow2zst}"
+# The compressed rows (raw.gz, raw.xz, raw.zst, raw.zst by pzstd, qcow2.zst)
+# run with the others; FORMATS="raw rawgz rawxz rawzst rawpzst qcow2zst"
+# HEADING="## Compressed images" runs only them (with raw for the "time ÷ rivet
+# raw" column) into their own section.
+read -r -a FORMATS <<<"${FORMATS:-raw qcow2 qcow2c rawgz rawxz rawzst rawpzst qcow2zst}"
 HEADING=${HEADING:-"## Image formats"}
 XZ_OPTS=${XZ_OPTS:-"-T0 -3"}   # several blocks (3 x the 4 MiB dictionary each)
+NPROC=$(nproc)                 # pzstd's threads; the CPU floor's divisor
 
 parse_args "$@"
 check_common
@@ -43,6 +45,7 @@ need fuser psmisc         # ... which first waits until no process holds the dis
 need sha256sum coreutils
 need xz xz-utils
 need zstd zstd
+need pzstd zstd
 need curl curl
 need openssl openssl
 install_tools
@@ -70,15 +73,20 @@ SUMS="$IMAGE.sums.json"
 declare -A IMG=([raw]="$IMAGE" [qcow2]="$BENCH_DIR/fmt-${SIZE_MIB}M.qcow2"
                 [qcow2c]="$BENCH_DIR/fmt-${SIZE_MIB}M.c.qcow2"
                 [rawgz]="$IMAGE.gz" [rawxz]="$IMAGE.xz" [rawzst]="$IMAGE.zst"
+                [rawpzst]="$IMAGE.pzstd.zst"
                 [qcow2zst]="$BENCH_DIR/fmt-${SIZE_MIB}M.qcow2.zst")
 declare -A FMT_DESC=([raw]=raw [qcow2]="qcow2 (qemu-img convert -O qcow2)"
                      [qcow2c]="compressed qcow2 (qemu-img convert -O qcow2 -c)"
                      [rawgz]="raw.gz (gzip -6)" [rawxz]="raw.xz (xz $XZ_OPTS)"
-                     [rawzst]="raw.zst (zstd -T0 -3)" [qcow2zst]="qcow2.zst (the qcow2, zstd -T0 -3)")
-# What each compressed format is decompressed with alone, and what Ironic declares.
-declare -A DECOMP=([rawgz]="gzip -dc" [rawxz]="xz -dc -T0" [rawzst]="zstd -dc" [qcow2zst]="zstd -dc")
+                     [rawzst]="raw.zst (zstd -T0 -3)"
+                     [rawpzst]="raw.zst by pzstd (pzstd -p $NPROC -3: several frames, each after a skippable frame)"
+                     [qcow2zst]="qcow2.zst (the qcow2, zstd -T0 -3)")
+# What each compressed format is decompressed with alone (and, reading stdin,
+# in the chained pipeline), and what Ironic declares.
+declare -A DECOMP=([rawgz]="gzip -dc" [rawxz]="xz -dc -T0" [rawzst]="zstd -dc"
+                   [rawpzst]="pzstd -dc -p $NPROC" [qcow2zst]="zstd -dc")
 declare -A DISK_FORMAT=([raw]=raw [qcow2]=qcow2 [qcow2c]=qcow2 [rawgz]=raw [rawxz]=raw
-                        [rawzst]=raw [qcow2zst]=qcow2)
+                        [rawzst]=raw [rawpzst]=raw [qcow2zst]=qcow2)
 is_compressed() { [[ -n ${DECOMP[$1]:-} ]]; }
 # space: each missing image (a qcow2 is at most about the raw size), the
 # temp copy (at most one qcow2), and the disk target
@@ -145,6 +153,11 @@ has_fmt rawgz && make_compressed rawgz "$IMAGE" gzip -6 -c
 # shellcheck disable=SC2086
 has_fmt rawxz && make_compressed rawxz "$IMAGE" xz -c $XZ_OPTS
 has_fmt rawzst && make_compressed rawzst "$IMAGE" zstd -q -c -T0 -3
+if has_fmt rawpzst; then
+    make_compressed rawpzst "$IMAGE" pzstd -q -c -p "$NPROC" -3
+    frames=$(zstd -lv "${IMG[rawpzst]}" 2>/dev/null | sed -n 's/^# Zstandard Frames: //p')
+    FMT_DESC[rawpzst]="raw.zst by pzstd (pzstd -p $NPROC -3: ${frames:-several} frames, each after a skippable frame)"
+fi
 has_fmt qcow2zst && make_compressed qcow2zst "${IMG[qcow2]}" zstd -q -c -T0 -3
 sha256_of_raw=$(sum_of sha256)
 declare -A HASH DL URL
@@ -217,15 +230,31 @@ declare -A IPA_SELF_KIB   # IPA's python process alone (VmHWM), max per format
 
 tmp_usage() { du -sb "$TMPD" 2>/dev/null | cut -f1; }
 
-# measure LABEL -- COMMAND...: wall time, peak RSS (/usr/bin/time %M), and
-# the temp dir's peak and final size above its size before the command
-# (du -sb every DU_INTERVAL s in the background, and once after the exit).
+CLK_TCK=$(getconf CLK_TCK)
+# CPU clock ticks (user+sys) that nginx's worker processes have used so far:
+# the server shares this machine's CPUs with whatever downloads from it.
+nginx_ticks() {
+    local p sum=0 v kids=()
+    [[ -n $NGINX_PID ]] && read -r -a kids <"/proc/$NGINX_PID/task/$NGINX_PID/children"
+    for p in "${kids[@]}"; do
+        v=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null) && sum=$((sum + v))
+    done
+    echo "$sum"
+}
+
+# measure LABEL -- COMMAND...: wall time (M_SECS), peak RSS (M_RSS,
+# /usr/bin/time %M), CPU seconds user+sys of the command and of the children
+# it waited for (M_CPU, /usr/bin/time %U + %S), nginx's workers' CPU seconds
+# meanwhile (M_SRV), and the temp dir's peak and final size above its size
+# before the command (du -sb every DU_INTERVAL s in the background, and once
+# after the exit).
 measure() {
     M_LOG="$TMP/log.$1"
     shift 2
-    local t0 t1 base after
+    local t0 t1 base after srv0 srv1
     M_RC=0
     base=$(tmp_usage)
+    srv0=$(nginx_ticks)
     (
         trap - EXIT
         while :; do
@@ -235,9 +264,10 @@ measure() {
     ) >"$TMP/du" &
     SAMPLER_PID=$!
     t0=$(date +%s%N)
-    /usr/bin/time -f '%e %M' -o "$TMP/time" env TMPDIR="$TMPD" "$@" \
+    /usr/bin/time -f '%e %M %U %S' -o "$TMP/time" env TMPDIR="$TMPD" "$@" \
         >"$M_LOG.out" 2>"$M_LOG.err" || M_RC=$?
     t1=$(date +%s%N)
+    srv1=$(nginx_ticks)
     kill "$SAMPLER_PID" 2>/dev/null || true
     wait "$SAMPLER_PID" 2>/dev/null || true
     SAMPLER_PID=
@@ -246,20 +276,26 @@ measure() {
     M_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
     M_RSS=$(tail -n 1 "$TMP/time" | awk '{print $2}')
     [[ $M_RSS =~ ^[0-9]+$ ]] || M_RSS=-
+    M_CPU=$(tail -n 1 "$TMP/time" | awk 'NF == 4 { printf "%.2f", $3 + $4 }')
+    [[ $M_CPU =~ ^[0-9]+\.[0-9]+$ ]] || M_CPU=-
+    M_SRV=$(awk -v a="$srv0" -v b="$srv1" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / hz }')
     M_PEAK=$( { cat "$TMP/du"; echo "$after"; } \
         | awk -v b="$base" '/^[0-9]+$/ { if ($1 - b > m) m = $1 - b } END { print m + 0 }')
     M_LEFT=$(( after > base ? after - base : 0 ))
 }
 
-record() {  # record RUN TARGET FMT KIND SECS RSS PEAK LEFT STATUS DL
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"
+# record RUN TARGET FMT KIND SECS RSS PEAK LEFT STATUS DL [CPU [SRV]]: one
+# TSV row; CPU and SRV (seconds, user+sys, of the command and of nginx's
+# workers meanwhile) are "-" when not given.
+record() {
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${@:1:10}" "${11:--}" "${12:--}" >>"$RESULTS"
     local mbps=-
     [[ $5 != - ]] && mbps=$(awk -v s="$5" -v b="$SIZE_BYTES" 'BEGIN { printf "%.0f", b / 1e6 / s }')
     local pk=- rss=-
     [[ $7 != - ]] && pk=$(( $7 / 1048576 ))
     [[ $6 != - ]] && rss=$(( $6 / 1024 ))
-    log "$(printf 'run %s/%s %-4s %-6s %-10s %8s s %6s MB/s %6s MiB RSS  tmp peak %5s MiB  %s' \
-        "$1" "$RUNS" "$2" "$3" "$4" "$5" "$mbps" "$rss" "$pk" "$9")"
+    log "$(printf 'run %s/%s %-4s %-8s %-10s %8s s %6s MB/s %6s MiB RSS %6s s CPU  tmp peak %5s MiB  %s' \
+        "$1" "$RUNS" "$2" "$3" "$4" "$5" "$mbps" "$rss" "${11:--}" "$pk" "$9")"
 }
 
 # IPA's own log line "... in N seconds" matching a sed pattern, or nothing
@@ -291,7 +327,8 @@ write_and_check() {  # write_and_check RUN TARGET FMT KIND -- COMMAND...
         log "!!!!!!!! $kind $f on $t: exit 0 but the target does NOT hold the image: $status !!!!!!!!"
         FAILED=1
     fi
-    record "$run" "$t" "$f" "$kind" "$secs" "$M_RSS" "$M_PEAK" "$M_LEFT" "$status" "${DL[$f]}"
+    record "$run" "$t" "$f" "$kind" "$secs" "$M_RSS" "$M_PEAK" "$M_LEFT" "$status" "${DL[$f]}" \
+        "$M_CPU" "$M_SRV"
     if [[ $kind == ipa && $M_RC == 0 ]]; then
         # IPA's logged phases: raw: streaming (download, hash, write, checksum
         # check); qcow2: download to its temp file (with the checksum check),
@@ -319,19 +356,80 @@ rivet_cmd() {  # rivet_cmd FORMAT DEVICE [extra flags]: the command line
     return 0
 }
 
-# limit_rows RUN TARGET FMT DEVICE: each stage of a compressed deploy alone.
+# limit_status NAME: LIM_ST, the status word of a limit measured alone; a
+# limit that failed is recorded as failed, not as a time.
+limit_status() {
+    LIM_ST="limit(rc 0)"
+    if [[ $M_RC != 0 ]]; then
+        fail_log "$1"
+        LIM_ST="FAIL(exit $M_RC)"
+    fi
+}
+
+# limit_rows RUN TARGET FMT DEVICE: each stage of a compressed deploy alone,
+# then the tools chained (chain_row).
 limit_rows() {
     local run=$1 t=$2 f=$3 dev=$4
     measure "$run.$t.$f.curl" -- curl -sS -o /dev/null "${URL[$f]}"
-    record "$run" "$t" "$f" lim_curl "$M_SECS" "$M_RSS" - - "limit(rc $M_RC)" -
+    limit_status "curl $f"
+    record "$run" "$t" "$f" lim_curl "$M_SECS" "$M_RSS" - - "$LIM_ST" - "$M_CPU" "$M_SRV"
     measure "$run.$t.$f.dgst" -- openssl dgst -sha256 "${IMG[$f]}"
-    record "$run" "$t" "$f" lim_dgst "$M_SECS" "$M_RSS" - - "limit(rc $M_RC)" -
-    # shellcheck disable=SC2086
+    limit_status "openssl dgst $f"
+    record "$run" "$t" "$f" lim_dgst "$M_SECS" "$M_RSS" - - "$LIM_ST" - "$M_CPU" "$M_SRV"
     measure "$run.$t.$f.dec" -- sh -c "${DECOMP[$f]} '${IMG[$f]}' >/dev/null"
-    record "$run" "$t" "$f" lim_dec "$M_SECS" "$M_RSS" - - "limit(rc $M_RC)" -
+    limit_status "${DECOMP[$f]} $f"
+    record "$run" "$t" "$f" lim_dec "$M_SECS" "$M_RSS" - - "$LIM_ST" - "$M_CPU" "$M_SRV"
     wipe_target "$t"
     measure "$run.$t.$f.dd" -- dd if="$IMAGE" of="$dev" bs=4M oflag=direct status=none
-    record "$run" "$t" "$f" lim_dd "$M_SECS" "$M_RSS" - - "limit(rc $M_RC)" -
+    limit_status "dd $f"
+    record "$run" "$t" "$f" lim_dd "$M_SECS" "$M_RSS" - - "$LIM_ST" - "$M_CPU" "$M_SRV"
+    chain_row "$run" "$t" "$f" "$dev"
+}
+
+# The limit tools as one pipeline doing the whole job, run by `bash -c`:
+# $1 decompressor (word-split on purpose), $2 URL, $3 device, $4 digest file.
+# openssl reads a FIFO that tee feeds and is waited for, so the time
+# includes the digest; the exit status is 0 only if every part exited 0.
+# shellcheck disable=SC2016  # expanded by that bash, not here
+CHAIN_SH='
+fifo=$4.fifo
+rm -f "$fifo" && mkfifo "$fifo" || exit 90
+openssl dgst -sha256 -r <"$fifo" >"$4" &
+dgst=$!
+curl -sS "$2" | tee "$fifo" | $1 | dd of="$3" bs=4M oflag=direct iflag=fullblock status=none
+pipe="${PIPESTATUS[*]}"
+wait "$dgst"
+drc=$?
+rm -f "$fifo"
+echo "pipeline exit statuses: $pipe; openssl dgst: $drc"
+[[ $pipe == "0 0 0 0" && $drc == 0 ]]
+'
+
+# chain_row RUN TARGET FMT DEVICE: curl | tee >(openssl dgst) | decompressor
+# | dd, timed as one command; recorded as failed unless every part exited 0,
+# the digest is the file's, and the target then holds the image.  Not for
+# a qcow2 inside (qcow2.zst): no standard tool turns a qcow2 stream into a
+# raw disk (qemu-img needs a seekable file), so there is no such chain.
+chain_row() {
+    local run=$1 t=$2 f=$3 dev=$4 st got
+    [[ ${DISK_FORMAT[$f]} == raw ]] || return 0
+    wipe_target "$t"
+    rm -f "$TMP/chain.dgst"
+    measure "$run.$t.$f.chain" -- bash -c "$CHAIN_SH" chain "${DECOMP[$f]}" "${URL[$f]}" \
+        "$dev" "$TMP/chain.dgst"
+    got=$(cut -d' ' -f1 "$TMP/chain.dgst" 2>/dev/null || true)
+    if [[ $M_RC != 0 ]]; then
+        st="FAIL(exit $M_RC: $(tail -n 1 "$M_LOG.out" 2>/dev/null | tr '\t' ' '))"
+        fail_log "tools chained $f on $t"
+    elif [[ $got != "${HASH[$f]}" ]]; then
+        st="MISMATCH(digest)"
+        log "!!!!!!!! tools chained $f on $t: openssl printed '$got', expected ${HASH[$f]} !!!!!!!!"
+        FAILED=1
+    elif ! st=$(verify_target "$t"); then
+        log "!!!!!!!! tools chained $f on $t: the target does NOT hold the image: $st !!!!!!!!"
+        FAILED=1
+    fi
+    record "$run" "$t" "$f" lim_chain "$M_SECS" "$M_RSS" - - "$st" - "$M_CPU" "$M_SRV"
 }
 
 clean_tmpdir
@@ -401,7 +499,7 @@ done
     done
     echo
     failed_warning
-    "$PYTHON" "$SCRIPT_DIR/benchlib.py" ftable "$RESULTS" "$SIZE_BYTES" "${TARGETS[@]}"
+    NPROC=$NPROC "$PYTHON" "$SCRIPT_DIR/benchlib.py" ftable "$RESULTS" "$SIZE_BYTES" "${TARGETS[@]}"
     echo
     echo "Notes: rivet's times are the wall-clock time of the whole process; IPA's is"
     echo "its prepare_image command measured inside the process (python start-up and"
@@ -429,7 +527,15 @@ done
     echo "GPT identical except that its backup was moved to the end of the device"
     echo "(both rivet and IPA do that); UNFLUSHED = the data reached the backing file"
     echo "only after a flush."
-    if has_fmt rawgz || has_fmt rawxz || has_fmt rawzst || has_fmt qcow2zst; then
+    echo "\"CPU s\": user+sys seconds (\`/usr/bin/time\` %U + %S) of the command and of"
+    echo "every child it waited for (rivet: all its threads and the tools it runs),"
+    echo "median over the runs; \"nginx CPU s\": what nginx's workers used meanwhile"
+    echo "(the server shares this machine's $NPROC CPUs; it is in no other figure)."
+    decomps=""
+    for f in "${FORMATS[@]}"; do
+        is_compressed "$f" && decomps+="${decomps:+; }${FMT_DESC[$f]%% (*}: \`${DECOMP[$f]}\`"
+    done
+    if [[ -n $decomps ]]; then
         echo
         echo "Compressed images: rivet is given the compressed file's sha256 and the"
         echo "disk_format of the image inside (\`--disk-format raw\` or \`qcow2\`); it"
@@ -437,13 +543,30 @@ done
         echo "temporary file). The \"limit alone\" rows run each stage by itself on the same"
         echo "machine in the same run: curl of the compressed file from the same nginx,"
         echo "openssl dgst -sha256 of the compressed file (page cache), the decompressor"
-        echo "(${DECOMP[*]}) to /dev/null, and dd of the raw image inside to the target"
+        echo "($decomps) to /dev/null, and dd of the raw image inside to the target"
         echo "(bs=4M oflag=direct). IPA 13.0.0 has no decompression on this path: with"
         echo "disk_format raw and stream_raw_images it streams the compressed bytes to the"
         echo "disk as they are (the checksum matches, the disk holds a .gz/.xz/.zst file"
         echo "and does not boot); with disk_format qcow2 its format inspector sees no"
         echo "qcow2 header and refuses the image (\"Expected format was qcow2, but image"
         echo "was actually raw\"), so it has no row."
+        echo
+        echo "The second table puts rivet's time next to three bounds for the same file,"
+        echo "all measured in this run, each with its time ÷ rivet's time (above 1: rivet"
+        echo "is faster than the bound):"
+        echo
+        echo "- slowest stage alone: the longest of the four \"limit alone\" rows; the issue's"
+        echo "  goal is rivet ≥ 0.9× of it."
+        echo "- tools chained: the same tools as one pipeline doing the whole job,"
+        echo "  \`curl -sS URL | tee FIFO | DECOMPRESSOR | dd of=DEV bs=4M oflag=direct"
+        echo "  iflag=fullblock\` with \`openssl dgst -sha256 -r <FIFO\` waited for inside the"
+        echo "  timed command; it counts only if every part exits 0, the digest is the"
+        echo "  file's sha256 and the target then holds the image (\"written\" column)."
+        echo "  qcow2.zst has no such row: no standard tool turns a qcow2 *stream* into a"
+        echo "  raw disk (\`qemu-img convert\` needs a seekable file)."
+        echo "- CPU floor: the four stages' CPU seconds added up, divided by the $NPROC CPUs"
+        echo "  (\`nproc\`): no pipeline of these stages can finish sooner on this machine"
+        echo "  (nor sooner than its slowest single-threaded stage; nginx's CPU is not in it)."
     fi
 } >"$REPORT"
 

@@ -60,7 +60,7 @@ check_common() {
     [[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 ]] || die "RUNS must be an integer >= 1"
 
     SIZE_BYTES=$((SIZE_MIB * 1024 * 1024))
-    TARGET_BYTES=$((SIZE_BYTES / 4 * 5))   # 2 GiB image -> 2.5 GiB device
+    TARGET_BYTES=$((SIZE_BYTES * 5 / 4))   # 2 GiB image -> 2.5 GiB device
 
     # The images are on loopback: never go through a proxy.
     unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
