@@ -34,16 +34,26 @@ fn zst(d: &[u8]) -> Vec<u8> {
     zstd::encode_all(d, 3).unwrap()
 }
 
-/// Feeds `input` in chunks of `step` bytes and returns the output.
+/// Feeds `input` in chunks of `step` bytes and returns the output, decoded with one thread and
+/// with two: both must agree (xz: plain or multi-threaded decoder; zstd: streamed or frames).
 fn run(input: &[u8], step: usize) -> Result<Vec<u8>, CompressError> {
+    let one = run_threads(input, step, 1);
+    let two = run_threads(input, step, 2);
+    match (&one, &two) {
+        (Ok(a), Ok(b)) => assert!(a == b, "one and two threads decode differently"),
+        (Err(a), Err(b)) => assert_eq!(
+            std::mem::discriminant(a),
+            std::mem::discriminant(b),
+            "one thread: {a}; two: {b}"
+        ),
+        _ => panic!("one thread: {one:?}; two: {two:?}"),
+    }
+    two
+}
+
+fn run_threads(input: &[u8], step: usize, threads: usize) -> Result<Vec<u8>, CompressError> {
     let codec = detect(input).expect("compressed");
-    let mut inf = inflater(
-        codec,
-        Limits {
-            threads: 2,
-            memory: 32 << 20,
-        },
-    )?;
+    let mut inf = inflater(codec, lim(threads))?;
     let mut got = Vec::new();
     let mut emit = |b: bytes::Bytes| {
         got.extend_from_slice(&b);
