@@ -408,7 +408,7 @@ KIND_LABELS = {
 BAD = ("FAIL", "MISMATCH", "UNFLUSHED")
 # ftable's TSV columns; older files have only the first 10 (no cpu, srv_cpu).
 FT_COLS = ["run", "target", "fmt", "kind", "secs", "rss", "peak", "left",
-           "status", "dl", "cpu", "srv_cpu"]
+           "status", "dl", "cpu", "srv_cpu", "box_cpu"]
 
 
 def _bad_status(st):
@@ -444,13 +444,15 @@ def ftable(tsv, virtual_bytes, targets):
                 c["peak"], c["left"], c["status"], c["dl"])
             r = rows.setdefault((target, fmt, kind), {
                 "secs": [], "rss": [], "peak": [], "left": [], "status": [],
-                "dl": None, "cpu": [], "srv": []})
+                "dl": None, "cpu": [], "srv": [], "box": []})
             if secs != "-":
                 r["secs"].append(float(secs))
             if c["cpu"] != "-":
                 r["cpu"].append(float(c["cpu"]))
             if c["srv_cpu"] != "-":
                 r["srv"].append(float(c["srv_cpu"]))
+            if c["box_cpu"] != "-":
+                r["box"].append(float(c["box_cpu"]))
             if rss != "-":
                 r["rss"].append(int(rss))
             if peak != "-":
@@ -552,8 +554,9 @@ def ftable(tsv, virtual_bytes, targets):
 BOUNDS_HEAD = (
     "| target | image | rivet s | rivet CPU s | slowest stage alone s "
     "| ÷ rivet | tools chained s | ÷ rivet | CPU floor s "
-    "| ÷ rivet | goal: rivet ≥ 0.9× slowest stage |\n"
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    "| ÷ rivet | machine CPU floor s | ÷ rivet "
+    "| goal: rivet ≥ 0.9× slowest stage |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
 
 def _bounds_rows(t, med):
@@ -574,18 +577,24 @@ def _bounds_rows(t, med):
         cpus = [med((t, fm, k), "cpu") for k in LIMIT_KINDS]
         floor = (sum(cpus) / nproc
                  if all(c is not None for c in cpus) else None)
+        boxes = [med((t, fm, k), "box") for k in LIMIT_KINDS]
+        mfloor = (sum(boxes) / nproc
+                  if all(c is not None for c in boxes) else None)
 
         def cell(x, what=""):
             return ("— | —" if x is None
                     else f"{x:.3f}{what} | {x / s:.2f}×")
 
         rcpu = med((t, fm, "rivet"), "cpu")
+        rbox = med((t, fm, "rivet"), "box")
         q = slowest / s
         rows.append(
             f"| {t} | {FMT_LABELS[fm]} | {s:.3f} "
-            f"| {'—' if rcpu is None else f'{rcpu:.2f}'} "
+            f"| {'—' if rcpu is None else f'{rcpu:.2f}'}"
+            f"{'' if rbox is None else f' (machine {rbox:.2f})'} "
             f"| {cell(slowest, f' ({k[4:]})')} | {cell(chain)} "
             f"| {cell(floor, f' ({sum(cpus):.2f}/{nproc})' if floor else '')} "
+            f"| {cell(mfloor, f' ({sum(boxes):.2f}/{nproc})' if mfloor else '')} "
             f"| {q:.2f}× — " + ("met" if q >= 0.9 else "**missed**")
             + (f" (stage(s) failed or not measured: {', '.join(missing)})"
                if missing else "") + " |")
