@@ -513,6 +513,23 @@ fn a_connection_cut_mid_stream_resumes_the_decompressor() {
     }
 }
 
+/// `rivet deploy` of the raw image compressed in `data`, served at `url`, onto the file `target`.
+fn cli_deploy(url: &str, target: &Path, data: &[u8], extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rivet"))
+        .args(["deploy", "--url", url, "--device", target.to_str().unwrap()])
+        .args(["--os-hash-algo", "sha256", "--os-hash-value", &sha256(data)])
+        .args([
+            "--disk-format",
+            "raw",
+            "--retries",
+            "0",
+            "--no-partition-check",
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn rivet_deploy_takes_a_compressed_image_onto_a_file() {
     if Command::new("xz").arg("--version").output().is_err() {
@@ -526,29 +543,7 @@ fn rivet_deploy_takes_a_compressed_image_onto_a_file() {
     let url = s.route("/cli.raw.xz", bytes_route(&data));
     let target = dir.path().join("disk.img");
     std::fs::write(&target, vec![0xEEu8; 8 * MIB]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rivet"))
-        .args([
-            "deploy",
-            "--url",
-            &url,
-            "--device",
-            target.to_str().unwrap(),
-        ])
-        .args([
-            "--os-hash-algo",
-            "sha256",
-            "--os-hash-value",
-            &sha256(&data),
-        ])
-        .args([
-            "--disk-format",
-            "raw",
-            "--retries",
-            "0",
-            "--no-partition-check",
-        ])
-        .output()
-        .unwrap();
+    let out = cli_deploy(&url, &target, &data, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -571,30 +566,7 @@ fn rivet_deploy_decodes_zstd_frames_on_the_threads_it_is_given() {
     let target = dir.path().join("disk.img");
     let deploy = |threads: &str| {
         std::fs::write(&target, vec![0xEEu8; 16 * MIB]).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_rivet"))
-            .args([
-                "deploy",
-                "--url",
-                &url,
-                "--device",
-                target.to_str().unwrap(),
-            ])
-            .args([
-                "--os-hash-algo",
-                "sha256",
-                "--os-hash-value",
-                &sha256(&data),
-            ])
-            .args([
-                "--disk-format",
-                "raw",
-                "--retries",
-                "0",
-                "--no-partition-check",
-            ])
-            .args(["--decompress-threads", threads])
-            .output()
-            .unwrap()
+        cli_deploy(&url, &target, &data, &["--decompress-threads", threads])
     };
     // How many frames pzstd cut the image into, as zstd itself counts them.
     let list = Command::new("zstd")

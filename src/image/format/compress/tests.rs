@@ -53,20 +53,7 @@ fn run(input: &[u8], step: usize) -> Result<Vec<u8>, CompressError> {
 
 fn run_threads(input: &[u8], step: usize, threads: usize) -> Result<Vec<u8>, CompressError> {
     let codec = detect(input).expect("compressed");
-    let mut inf = inflater(codec, lim(threads))?;
-    let mut got = Vec::new();
-    let mut emit = |b: bytes::Bytes| {
-        got.extend_from_slice(&b);
-        Ok(())
-    };
-    let mut out = Output::new(&mut emit);
-    for c in input.chunks(step) {
-        inf.feed(c, &mut out)?;
-    }
-    inf.finish(&mut out)?;
-    out.flush()?;
-    drop(out);
-    Ok(got)
+    run_into(&mut *inflater(codec, lim(threads))?, input, step)
 }
 
 #[test]
@@ -207,12 +194,9 @@ fn lim(threads: usize) -> Limits {
     }
 }
 
-/// Feeds `input` in chunks of `step` bytes into `inf` and returns the output.
-fn run_into(
-    mut inf: zstd_frames::Zstd,
-    input: &[u8],
-    step: usize,
-) -> Result<Vec<u8>, CompressError> {
+/// Feeds `input` in chunks of `step` bytes into `inf` and returns the output, checking that
+/// it comes in views of 1 to [`CHUNK`] bytes.
+fn run_into(inf: &mut dyn Inflate, input: &[u8], step: usize) -> Result<Vec<u8>, CompressError> {
     let mut got = Vec::new();
     let mut emit = |b: bytes::Bytes| {
         assert!(
@@ -258,7 +242,7 @@ fn zstd_frames_decode_apart_in_order_in_any_chunking() {
     let c = [pzst(&d[..CHUNK], 100_000), pzst(&d[CHUNK..], 2 << 20)].concat();
     for (mode, make) in zstd_modes() {
         for step in [1usize << 20, 65536, 4099, 13] {
-            let got = run_into(make(), &c, step).unwrap_or_else(|e| panic!("{mode}: {e}"));
+            let got = run_into(&mut make(), &c, step).unwrap_or_else(|e| panic!("{mode}: {e}"));
             assert!(got == d, "{mode} step {step}: output differs");
         }
     }
@@ -283,7 +267,7 @@ fn zstd_frames_keep_the_end_of_stream_rules() {
     for (mode, make) in zstd_modes() {
         // Cut inside a frame, inside a frame header, inside the skippable frame, its length.
         for cut in [c.len() - 1, c.len() - 3, c.len() / 2, 20, 10, 6] {
-            let e = run_into(make(), &c[..cut], 4096).unwrap_err();
+            let e = run_into(&mut make(), &c[..cut], 4096).unwrap_err();
             assert!(
                 matches!(e, CompressError::Truncated(Codec::Zstd)),
                 "{mode} cut {cut}: {e}"
@@ -291,7 +275,7 @@ fn zstd_frames_keep_the_end_of_stream_rules() {
         }
         for junk in [&b"garbage!"[..], &[0u8; 3], &[0x28, 0xb5, 0x2f, 0xfe]] {
             let bad = [c.clone(), junk.to_vec()].concat();
-            let e = run_into(make(), &bad, 4096).unwrap_err();
+            let e = run_into(&mut make(), &bad, 4096).unwrap_err();
             assert!(
                 matches!(e, CompressError::TrailingGarbage(Codec::Zstd)),
                 "{mode} junk {junk:?}: {e}"
@@ -300,7 +284,7 @@ fn zstd_frames_keep_the_end_of_stream_rules() {
         // The start of a magic number at the very end: a frame that never came.
         let bad = [c.clone(), vec![0x28, 0xb5]].concat();
         assert!(matches!(
-            run_into(make(), &bad, 4096).unwrap_err(),
+            run_into(&mut make(), &bad, 4096).unwrap_err(),
             CompressError::Truncated(Codec::Zstd)
         ));
     }
@@ -319,7 +303,7 @@ fn zstd_frames_refuse_corrupt_frames() {
     bad[third + 500] ^= 0x40;
     bad[third + 501] ^= 0x04;
     for (mode, make) in zstd_modes() {
-        let e = run_into(make(), &bad, 8192).unwrap_err();
+        let e = run_into(&mut make(), &bad, 8192).unwrap_err();
         assert!(matches!(e, CompressError::Corrupt { .. }), "{mode}: {e}");
     }
     // A reserved block type in a frame's first block header (after the 12-byte skippable
@@ -331,7 +315,7 @@ fn zstd_frames_refuse_corrupt_frames() {
         + [usize::from(fhd & 0x20 != 0), 2, 4, 8][usize::from(fhd >> 6)];
     bad[16 + header] |= 0b110;
     let e = run_into(
-        zstd_frames::Zstd::with(lim(2), 1 << 20).unwrap(),
+        &mut zstd_frames::Zstd::with(lim(2), 1 << 20).unwrap(),
         &bad,
         4096,
     )
@@ -362,7 +346,7 @@ fn a_frame_that_lies_about_its_size_is_refused_without_a_huge_buffer() {
     // the claim), and the size mismatch is refused.
     for size in [1u64 << 40, 500_000] {
         let e = run_into(
-            zstd_frames::Zstd::with(lim(2), 1 << 20).unwrap(),
+            &mut zstd_frames::Zstd::with(lim(2), 1 << 20).unwrap(),
             &claim(size),
             4096,
         )
@@ -371,7 +355,7 @@ fn a_frame_that_lies_about_its_size_is_refused_without_a_huge_buffer() {
     }
     assert_eq!(
         run_into(
-            zstd_frames::Zstd::with(lim(2), 1 << 20).unwrap(),
+            &mut zstd_frames::Zstd::with(lim(2), 1 << 20).unwrap(),
             &claim(100),
             7
         )
