@@ -10,9 +10,10 @@
 //! - gzip: `flate2` (on zlib-rs, pure Rust) for raw deflate; the gzip member framing (header,
 //!   CRC-32 and length trailer) is read here so that concatenated members, a truncated member
 //!   and bytes after the last member are each decided explicitly, not by a reader's heuristics;
-//! - xz: `liblzma` (bindings to xz-utils' liblzma, the reference implementation), with its
-//!   multi-threaded decoder: an xz file made of several blocks (`xz -T0`, or `--block-size`)
-//!   decodes on several cores; a single-block file decodes on one, as the format requires;
+//! - xz: `liblzma` (bindings to xz-utils' liblzma, the reference implementation): its plain
+//!   decoder on one thread, its multi-threaded decoder on several, where an xz file made of
+//!   several blocks (`xz -T0`, or `--block-size`) decodes on several cores; a single-block
+//!   file decodes on one, as the format requires;
 //! - zstd: `zstd` (bindings to the reference libzstd). libzstd has no parallel decoder, so a
 //!   file of several frames (`pzstd`) is cut at frame boundaries here and its frames decoded on
 //!   several threads; one big frame (what `zstd` writes) streams through libzstd on one.
