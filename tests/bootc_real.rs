@@ -299,11 +299,10 @@ fn setup(extra_agent_args: &[&str]) -> Setup {
     }
 }
 
-/// `rivet serve` through `env ... unshare`: a private mount namespace whose /dev holds only
-/// `dev` (plus null, zero, urandom and a /dev/shm for podman's locks) and whose
-/// /var/lib/containers is a per-test directory. Returns the agent, the podman log, its TMPDIR.
+/// `rivet serve` in a private mount namespace whose /dev holds only `dev` (plus null, zero,
+/// urandom and a /dev/shm for podman's locks) and whose /var/lib/containers is a per-test
+/// directory ([`AgentProc::start_private_setup`]). Returns the agent, the podman log, its TMPDIR.
 fn start_agent(d: &Path, dev: &Path, port: u16, extra: &[&str]) -> (AgentProc, PathBuf, PathBuf) {
-    use std::os::unix::fs::MetadataExt;
     // The mount point of the bind below (podman's usual store path; left empty on the host).
     std::fs::create_dir_all("/var/lib/containers").unwrap();
     let store = d.join("agent-store");
@@ -318,49 +317,20 @@ fn start_agent(d: &Path, dev: &Path, port: u16, extra: &[&str]) -> (AgentProc, P
     ));
     env.push(("RIVET_REAL_PODMAN".into(), which("podman").unwrap()));
     env.push(("RIVET_PODMAN_LOG".into(), log.display().to_string()));
-    let m = std::fs::metadata(dev).unwrap();
-    let name = dev.file_name().unwrap().to_str().unwrap();
-    assert!(name.starts_with("loop") && name[4..].chars().all(|c| c.is_ascii_digit()));
-    let script = format!(
-        "set -e\nmount -t tmpfs -o mode=0755,size=64k rivet-test-dev /dev\n\
-         mknod -m 666 /dev/null c 1 3\nmknod -m 666 /dev/zero c 1 5\nmknod -m 666 /dev/urandom c 1 9\n\
-         mkdir /dev/shm\nmount -t tmpfs -o size=16m rivet-test-shm /dev/shm\n\
-         mknod -m 600 /dev/{name} b {} {}\nmount --bind {} /var/lib/containers\nexec \"$@\"\n",
-        libc::major(m.rdev()),
-        libc::minor(m.rdev()),
+    // podman needs a /dev/shm for its locks; its store is the per-test directory.
+    let setup = format!(
+        "mkdir /dev/shm\nmount -t tmpfs -o size=16m rivet-test-shm /dev/shm\n\
+         mount --bind {} /var/lib/containers\n",
         store.display()
-    );
-    let mut wrapper: Vec<String> = vec!["env".into()];
-    wrapper.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    wrapper.extend(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ]
-        .map(String::from),
     );
     let conf = d.join("containers.conf.d");
     let devs = dev.display().to_string();
-    let mut args = vec![
-        "--agent-token",
-        T,
-        "--block-devices",
-        &devs,
-        "--root-device",
-        &devs,
-    ];
+    let mut args = vec!["--agent-token", T, "--root-device", &devs];
     let conf_s = conf.display().to_string();
     args.extend(["--containers-conf-dir", &conf_s]);
     args.extend(extra);
-    let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    (AgentProc::start_wrapped(d, &w, &args), log, tmp)
+    let agent = AgentProc::start_private_setup(d, &[dev], &[], &setup, &args, &env);
+    (agent, log, tmp)
 }
 
 fn step(source: &str, secret: Option<&str>, configdrive: Option<&str>) -> Value {

@@ -609,6 +609,19 @@ impl AgentProc {
         args: &[&str],
         env: &[(String, String)],
     ) -> AgentProc {
+        Self::start_private_setup(dir, devices, extra_nodes, "", args, env)
+    }
+
+    /// [`AgentProc::start_private_with`] that also runs the shell lines `setup` in the
+    /// namespace before the agent ([`PrivateDev::command_with`]).
+    pub fn start_private_setup(
+        dir: &Path,
+        devices: &[&Path],
+        extra_nodes: &[&Path],
+        setup: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> AgentProc {
         let list: Vec<String> = devices.iter().map(|d| d.display().to_string()).collect();
         let mut all = vec!["--block-devices".to_string(), list.join(",")];
         all.extend(args.iter().map(|a| a.to_string()));
@@ -616,7 +629,7 @@ impl AgentProc {
         let nodes: Vec<&Path> = devices.iter().chain(extra_nodes).copied().collect();
         let program = Path::new(env!("CARGO_BIN_EXE_rivet"));
         Self::spawn_with(
-            PrivateDev::command(&nodes, program),
+            PrivateDev::command_with(&nodes, setup, program),
             dir,
             free_port(),
             &all,
@@ -774,6 +787,12 @@ pub struct PrivateDev;
 impl PrivateDev {
     /// A command that runs `program` there (arguments are appended by the caller).
     pub fn command(devices: &[&Path], program: &Path) -> Command {
+        Self::command_with(devices, "", program)
+    }
+
+    /// [`PrivateDev::command`] that also runs the shell lines `setup` in the namespace once
+    /// its `/dev` is made (mounts of the test's own, e.g. a `/dev/shm`).
+    pub fn command_with(devices: &[&Path], setup: &str, program: &Path) -> Command {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         let mut script = String::from(
             "set -e\nmount -t tmpfs -o mode=0755,size=64k rivet-test-dev /dev\n\
@@ -798,6 +817,7 @@ impl PrivateDev {
                 libc::minor(m.rdev())
             ));
         }
+        script.push_str(setup);
         script.push_str("exec \"$@\"\n");
         let mut c = Command::new("unshare");
         c.args([
