@@ -82,15 +82,7 @@ fn bootc_install_pulls_with_a_private_secret_then_installs() {
     );
     let c = calls(&log);
     assert_eq!(c.len(), 2, "{c:?}");
-    let authfile = c[0][1]
-        .strip_prefix("--authfile=")
-        .expect("pull uses --authfile")
-        .to_string();
-    assert!(Path::new(&authfile)
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .starts_with("ipa-container-auth-"));
+    let authfile = common::ipa_authfile(&c[0]);
     assert_eq!(
         c[0],
         vec![

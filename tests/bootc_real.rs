@@ -445,15 +445,7 @@ fn real_podman_pulls_with_the_secret_installs_and_adds_the_config_drive() {
     assert_eq!(all_calls(&s.log)[0], ["pull", "--help"]);
     let c = calls(&s.log);
     assert_eq!(c.len(), 2, "{c:?}");
-    let authfile = c[0][1]
-        .strip_prefix("--authfile=")
-        .expect("--authfile")
-        .to_string();
-    assert!(Path::new(&authfile)
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .starts_with("ipa-container-auth-"));
+    let authfile = common::ipa_authfile(&c[0]);
     assert_eq!(
         c[0],
         [

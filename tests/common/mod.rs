@@ -705,6 +705,24 @@ impl Drop for AgentProc {
     }
 }
 
+/// The `--authfile=` path of a recorded `podman pull` argv (its second argument), checked to
+/// be named as IPA names its temporary auth file.
+pub fn ipa_authfile(pull: &[String]) -> String {
+    let authfile = pull[1]
+        .strip_prefix("--authfile=")
+        .expect("pull uses --authfile")
+        .to_string();
+    assert!(
+        Path::new(&authfile)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("ipa-container-auth-"),
+        "{authfile}"
+    );
+    authfile
+}
+
 /// The Python of the venv holding Ironic's real conductor code (`tests/ironic/setup.sh`), from
 /// `RIVET_IRONIC_PYTHON`. Outside CI a missing venv skips with a reason; in CI it fails.
 pub fn ironic_python(test: &str) -> Option<String> {
