@@ -9,6 +9,9 @@ use crate::disk::writer::DiskWriter;
 use crate::errors::AgentError;
 /// The compression of a compressed image ([`WritePath::Decompressed`]).
 pub use crate::image::format::compress::Codec;
+/// What the decompression stage of a compressed image may use (settings
+/// `decompress_threads`, `decompress_memory_mib`).
+pub use crate::image::format::compress::Limits as DecompressLimits;
 use crate::image::format::inspect::{self, Format, INSPECT_LEN};
 use crate::image::format::qcow2::{GuestSink, Qcow2Error, Qcow2Stream};
 
@@ -38,41 +41,6 @@ impl Default for FormatPolicy {
             spill_budget: 16 << 20,
             stream: true,
         }
-    }
-}
-
-/// What the decompression stage of a compressed image may use (settings
-/// `decompress_threads`, `decompress_memory_mib`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecompressLimits {
-    /// Threads decoding at once (xz blocks, zstd frames); 1 decodes on the stage's own thread.
-    pub threads: usize,
-    /// Bytes held for decoding on several threads; past it, fewer threads work.
-    pub memory: u64,
-}
-
-impl DecompressLimits {
-    /// From the settings: `auto` is one thread fewer than the CPUs (at least one), since the
-    /// download, the hash and the disk writer need a CPU too; on 2 CPUs a deploy is already
-    /// CPU-bound with one decoding thread (bench/RESULTS.md).
-    pub fn new(threads: crate::config::Threads, memory_mib: u64) -> Self {
-        let threads = match threads {
-            crate::config::Threads::Count(n) => usize::from(n),
-            crate::config::Threads::Auto => std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .saturating_sub(1)
-                .max(1),
-        };
-        DecompressLimits {
-            threads,
-            memory: memory_mib << 20,
-        }
-    }
-}
-
-impl Default for DecompressLimits {
-    fn default() -> Self {
-        DecompressLimits::new(crate::config::Threads::Auto, 32)
     }
 }
 

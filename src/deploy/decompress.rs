@@ -144,7 +144,7 @@ impl Inflating {
         };
         let mut out = Output::new(&mut emit);
         let mut inf: Option<Box<dyn Inflate>> =
-            Some(compress::inflater(codec, self.limits.into()).map_err(refused)?);
+            Some(compress::inflater(codec, self.limits).map_err(refused)?);
         // After a restart from byte 0, the first bytes are sniffed again.
         let mut head: Vec<u8> = Vec::new();
         for m in msgs {
@@ -200,7 +200,7 @@ impl Inflating {
     /// A restarted download must be the same kind of file.
     fn restart(&self, codec: Codec, head: &[u8]) -> Result<Box<dyn Inflate>, DecodeError> {
         match compress::detect(head) {
-            Some(c) => compress::inflater(c, self.limits.into()).map_err(refused),
+            Some(c) => compress::inflater(c, self.limits).map_err(refused),
             None => Err(refused(CompressError::Corrupt {
                 codec,
                 why: "the restarted download is no longer compressed".into(),
@@ -216,15 +216,6 @@ impl Inflating {
 
     fn failed(&self, e: CompressError) -> DecodeError {
         refused(e)
-    }
-}
-
-impl From<DecompressLimits> for compress::Limits {
-    fn from(l: DecompressLimits) -> Self {
-        compress::Limits {
-            threads: l.threads.max(1),
-            memory: l.memory,
-        }
     }
 }
 
@@ -312,7 +303,7 @@ pub(super) fn unpack_file(
     let mut src = std::io::BufReader::new(std::io::Cursor::new(head).chain(src));
     let mut dst = std::io::BufWriter::new(&out);
     let limit = capacity.unwrap_or(u64::MAX);
-    match compress::decompress_file(codec, &mut src, &mut dst, limit, limits.into()) {
+    match compress::decompress_file(codec, &mut src, &mut dst, limit, limits) {
         Ok(_) => {}
         Err(CompressError::Output(e)) => return Err(io_err(e)),
         Err(e) => {

@@ -171,13 +171,40 @@ pub(crate) trait Inflate: Send {
     fn finish(&mut self, out: &mut Output<'_>) -> Result<(), CompressError>;
 }
 
-/// Threads and memory a decompressor may use to decode parts of a file at once.
+/// Threads and memory a decompressor may use to decode parts of a file at once (settings
+/// `decompress_threads`, `decompress_memory_mib`; `rivet::deploy::decode::DecompressLimits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Limits {
-    /// Threads decoding at once; 1 decodes on the caller's thread.
-    pub(crate) threads: usize,
-    /// Bytes held for that (xz: liblzma's threading memory limit; zstd: frames in flight).
-    pub(crate) memory: u64,
+pub struct Limits {
+    /// Threads decoding at once (xz blocks, zstd frames); 1 decodes on the stage's own thread.
+    pub threads: usize,
+    /// Bytes held for that (xz: liblzma's threading memory limit; zstd: frames in flight and
+    /// decoded frames not yet written); past it, fewer threads work.
+    pub memory: u64,
+}
+
+impl Limits {
+    /// From the settings: `auto` is one thread fewer than the CPUs (at least one), since the
+    /// download, the hash and the disk writer need a CPU too; on 2 CPUs a deploy is already
+    /// CPU-bound with one decoding thread (bench/RESULTS.md).
+    pub fn new(threads: crate::config::Threads, memory_mib: u64) -> Self {
+        let threads = match threads {
+            crate::config::Threads::Count(n) => usize::from(n),
+            crate::config::Threads::Auto => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .saturating_sub(1)
+                .max(1),
+        };
+        Limits {
+            threads,
+            memory: memory_mib << 20,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::new(crate::config::Threads::Auto, 32)
+    }
 }
 
 /// A decompressor for `codec`.
